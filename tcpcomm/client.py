@@ -1,0 +1,144 @@
+"""
+The client side's services: a L{ClientService} whose backoff does not reset
+on connections that die young, and an endpoint that logs why it failed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from tcpcomm.interfaces import IConversation, IPeer
+from tcpcomm.protocol import FramedProtocol, MessageFactory
+
+log = Logger()
+
+
+class RetryPolicy:
+    """
+    Exponential backoff with equal jitter for L{ClientService}.
+
+    The n-th retry in a row waits a random time between half and all of
+    C{min(initial * 2**n, maximum)}. L{ClientService} counts every successful
+    connection as a fresh start; a server that accepts and at once hangs up
+    would then be retried at the initial delay forever. So this policy keeps
+    its own count, and resets it only for a connection that stayed up at
+    least C{resetAfter} seconds.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        initial: float,
+        maximum: float,
+        resetAfter: float,
+        random: Callable[[], float] = random.random,
+    ) -> None:
+        self._clock = clock
+        self._base = backoffPolicy(initial, maximum, factor=2, jitter=lambda: 0.0)
+        self._resetAfter = resetAfter
+        self._random = random
+        self._failures = 0
+        self._connectedAt: float | None = None
+
+    def __call__(self, attempt: int) -> float:
+        base = self._base(self._failures)
+        self._failures += 1
+        return base / 2 + base / 2 * self._random()
+
+    def connected(self) -> None:
+        """
+        A connection is up: time how long it lives.
+        """
+        self._connectedAt = self._clock.seconds()
+
+    def disconnected(self) -> None:
+        """
+        The connection is gone; if it lived long enough, start afresh.
+        """
+        if self._connectedAt is not None:
+            if self._clock.seconds() - self._connectedAt >= self._resetAfter:
+                self._failures = 0
+            self._connectedAt = None
+
+
+class ClientFactory(MessageFactory):
+    """
+    A L{MessageFactory} that tells the retry policy when connections come and go.
+    """
+
+    def __init__(
+        self,
+        protocol: type[FramedProtocol],
+        conversationFor: Callable[[IPeer], IConversation],
+        maxMessageSize: int,
+        retryPolicy: RetryPolicy,
+    ) -> None:
+        super().__init__(protocol, conversationFor, maxMessageSize)
+        self.retryPolicy = retryPolicy
+
+    def peerConnected(self, peer: FramedProtocol) -> None:
+        self.retryPolicy.connected()
+        super().peerConnected(peer)
+
+    def peerLost(self, peer: FramedProtocol, reason: Failure) -> None:
+        self.retryPolicy.disconnected()
+        super().peerLost(peer, reason)
+
+
+@implementer(IStreamClientEndpoint)
+class LoggingEndpoint:
+    """
+    A client endpoint that logs each failed attempt with its reason, which
+    L{ClientService} does not.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint, description: str) -> None:
+        self._endpoint = endpoint
+        self._description = description
+
+    def __repr__(self) -> str:
+        return self._description
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        def failed(reason: Failure) -> Failure:
+            if reason.check(CancelledError, ConnectingCancelledError):  # stopping
+                return reason
+            log.warn(
+                "cannot connect to {server}: {reason}",
+                server=self._description,
+                reason=reason.getErrorMessage(),
+            )
+            return reason
+
+        return self._endpoint.connect(factory).addErrback(failed)
+
+
+def makeClientService(
+    endpoint: IStreamClientEndpoint,
+    description: str,
+    factory: ClientFactory,
+    clock: IReactorTime,
+) -> ClientService:
+    """
+    A service that keeps one connection to C{endpoint} for as long as it runs.
+    """
+    return ClientService(
+        LoggingEndpoint(endpoint, description),
+        factory,
+        retryPolicy=factory.retryPolicy,
+        clock=clock,
+    )

@@ -1,0 +1,328 @@
+"""
+Command-line options of C{twistd tcpcomm}: each validates and coerces its own
+value, so a bad one is refused, naming the option and the value, before
+anything listens or connects.
+"""
+
+from __future__ import annotations
+
+import codecs
+import math
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.endpoints import clientFromString, quoteStringArgument, serverFromString
+from twisted.internet.testing import MemoryReactor
+from twisted.python import usage
+
+from tcpcomm.framing import FRAMINGS
+from tcpcomm.templates import Template, TemplateError
+
+
+def _number(
+    option: str, kind: Callable[[str], Any], minimum: float, maximum: float | None = None
+) -> Callable[[str], Any]:
+    """
+    A coercer to C{kind} that refuses values outside C{[minimum, maximum]}.
+    """
+    what = "an integer" if kind is int else "a number"
+    bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+
+    def coerce(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if (
+            number is None
+            or not math.isfinite(number)
+            or number < minimum
+            or (maximum is not None and number > maximum)
+        ):
+            raise ValueError(f"{option} must be {what} {bounds}, not {value!r}")
+        return number
+
+    coerce.coerceDoc = f"({what} {bounds})"  # type: ignore[attr-defined]
+    return coerce
+
+
+def _choice(option: str, choices: list[str]) -> Callable[[str], str]:
+    def coerce(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"{option} must be one of {', '.join(choices)}; not {value!r}")
+        return value
+
+    coerce.coerceDoc = f"(one of: {', '.join(choices)})"  # type: ignore[attr-defined]
+    return coerce
+
+
+def _encoding(value: str) -> str:
+    try:
+        return codecs.lookup(value).name
+    except LookupError:
+        raise ValueError(f"--encoding {value!r} is not an encoding Python knows") from None
+
+
+_encoding.coerceDoc = "(any Python codec name)"  # type: ignore[attr-defined]
+
+
+def _hostPort(option: str) -> Callable[[str], tuple[str, int]]:
+    def coerce(value: str) -> tuple[str, int]:
+        host, sep, port = value.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"{option} must be HOST:PORT (or [IPV6]:PORT), not {value!r}")
+        return host, int(port)
+
+    coerce.coerceDoc = "(HOST:PORT, or [IPV6]:PORT)"  # type: ignore[attr-defined]
+    return coerce
+
+
+class _CommonOptions(usage.Options):
+    """
+    Options shared by server and client.
+    """
+
+    optParameters: list[list[Any]] = [
+        [
+            "framing",
+            None,
+            "line",
+            "How messages are delimited on the wire.",
+            _choice("--framing", list(FRAMINGS)),
+        ],
+        ["encoding", None, "utf-8", "Text encoding of messages.", _encoding],
+        [
+            "reply-delay",
+            None,
+            5.0,
+            "Seconds to wait before answering each message.",
+            _number("--reply-delay", float, 0),
+        ],
+        [
+            "max-message-size",
+            None,
+            65536,
+            "Largest message in bytes; a peer that sends a larger one is disconnected.",
+            _number("--max-message-size", int, 1, 2**31 - 1),
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        encoding = self["encoding"]
+        if self["framing"] == "line" and "\n".encode(encoding) != b"\n":
+            raise usage.UsageError(
+                f"--encoding {encoding!r} does not write newlines as b'\\n', "
+                "which --framing line needs"
+            )
+        for name in self.templateOptions():
+            text = self[name]
+            if isinstance(text, Template):
+                continue
+            if self["framing"] == "line" and "\n" in text:
+                raise usage.UsageError(
+                    f"--{name} {text!r} holds a newline, which --framing line cannot carry"
+                )
+            try:
+                self[name] = Template(text, encoding)
+                self[name].render(0)
+            except TemplateError as e:
+                raise usage.UsageError(f"--{name}: {e}") from None
+
+    def templateOptions(self) -> list[str]:
+        return ["reply", "error-reply"]
+
+
+class ServerOptions(_CommonOptions):
+    """
+    C{twistd tcpcomm server}.
+    """
+
+    synopsis = "[options]"
+    description = (
+        "Accept many clients, keep a registry of who is connected, and answer "
+        "each message after --reply-delay seconds."
+    )
+    optParameters = [
+        [
+            "port",
+            "p",
+            9527,
+            "TCP port to listen on (0 picks a free one).",
+            _number("--port", int, 0, 65535),
+        ],
+        [
+            "interface",
+            "i",
+            "",
+            "Address to listen on: '' is every IPv4 address, '::' IPv6 (and IPv4 where the system allows).",
+        ],
+        [
+            "backlog",
+            None,
+            50,
+            "Length of the queue of connections not yet accepted.",
+            _number("--backlog", int, 1),
+        ],
+        [
+            "reply",
+            None,
+            "response from server {time}",
+            "Reply text; {time} is the local time the message arrived.",
+        ],
+        [
+            "error-reply",
+            None,
+            "server error {time}",
+            "Text sent at once for a message that does not decode.",
+        ],
+        [
+            "shutdown-timeout",
+            None,
+            10.0,
+            "Seconds to wait for peers to close when stopping before dropping them.",
+            _number("--shutdown-timeout", float, 0),
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """
+        A Twisted server endpoint description to listen on, such as
+        tcp:9527:interface=127.0.0.1 or unix:/tmp/tcpcomm.sock; may be given
+        more than once; replaces --port, --interface and --backlog.
+        """
+        try:
+            serverFromString(MemoryReactor(), description)
+        except Exception as e:
+            raise usage.UsageError(
+                f"--listen {description!r} is not a server endpoint: {e}"
+            ) from None
+        self["listen"].append(description)
+
+    def listenDescriptions(self) -> list[str]:
+        """
+        The endpoints to listen on: every C{--listen}, or the one that
+        C{--port}, C{--interface} and C{--backlog} describe.
+        """
+        if self["listen"]:
+            return list(self["listen"])
+        return [
+            f"tcp:port={self['port']}:backlog={self['backlog']}"
+            f":interface={quoteStringArgument(self['interface'])}"
+        ]
+
+
+class ClientOptions(_CommonOptions):
+    """
+    C{twistd tcpcomm client}.
+    """
+
+    synopsis = "[options]"
+    description = (
+        "Keep one connection to a server, greet it, and answer each of its "
+        "messages after --reply-delay seconds; reconnect with backoff when it goes."
+    )
+    optParameters = [
+        ["host", "h", "127.0.0.1", "Server host: a name, an IPv4 or an IPv6 address."],
+        ["port", "p", 9527, "Server TCP port.", _number("--port", int, 1, 65535)],
+        [
+            "timeout",
+            None,
+            30.0,
+            "Seconds to wait for a connection to open.",
+            _number("--timeout", float, 0.001),
+        ],
+        [
+            "bind-address",
+            None,
+            None,
+            "Local HOST:PORT to connect from",
+            _hostPort("--bind-address"),
+        ],
+        [
+            "connect",
+            None,
+            None,
+            "A Twisted client endpoint description, such as tcp:host=example.com:port=9527 "
+            "or unix:path=/tmp/tcpcomm.sock; replaces --host, --port, --timeout and --bind-address.",
+        ],
+        [
+            "retry-initial",
+            None,
+            1.0,
+            "Seconds before the first reconnection attempt.",
+            _number("--retry-initial", float, 0.001),
+        ],
+        [
+            "retry-max",
+            None,
+            30.0,
+            "Longest wait in seconds between reconnection attempts.",
+            _number("--retry-max", float, 0.001),
+        ],
+        [
+            "retry-reset",
+            None,
+            10.0,
+            "Seconds a connection must stay up before the wait starts again from --retry-initial.",
+            _number("--retry-reset", float, 0),
+        ],
+        [
+            "greeting",
+            None,
+            "hello server, this is the client {time}",
+            "Text sent on connecting; {time} is the local time.",
+        ],
+        [
+            "reply",
+            None,
+            "response from client {time}",
+            "Reply text; {time} is the local time the message arrived.",
+        ],
+        [
+            "error-reply",
+            None,
+            "client error {time}",
+            "Text sent at once for a message that does not decode.",
+        ],
+    ]
+
+    def templateOptions(self) -> list[str]:
+        return ["greeting", "reply", "error-reply"]
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        if self["retry-max"] < self["retry-initial"]:
+            raise usage.UsageError(
+                f"--retry-max {self['retry-max']} is less than --retry-initial {self['retry-initial']}"
+            )
+        if self["connect"] is not None:
+            try:
+                clientFromString(MemoryReactor(), self["connect"])
+            except Exception as e:
+                raise usage.UsageError(
+                    f"--connect {self['connect']!r} is not a client endpoint: {e}"
+                ) from None
+
+
+class Options(usage.Options):
+    """
+    C{twistd tcpcomm}: pick C{server} or C{client}.
+    """
+
+    synopsis = ""
+    description = "A framed TCP message server and a self-healing client."
+    subCommands = [
+        ["server", None, ServerOptions, "Run a server that many clients connect to."],
+        ["client", None, ClientOptions, "Run a client that keeps a connection to a server."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError(
+                "choose a mode: 'twistd tcpcomm server' or 'twistd tcpcomm client'"
+            )

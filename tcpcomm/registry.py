@@ -1,0 +1,88 @@
+"""Who is connected right now: one registry per server, owned by its factory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import count
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IAddress
+
+from tcpcomm.interfaces import IPeer
+
+
+def tcpAddress(address: IAddress) -> str | None:
+    """
+    C{host:port} (C{[host]:port} for IPv6) for a TCP address, else L{None}.
+    """
+    if isinstance(address, IPv4Address):
+        return f"{address.host}:{address.port}"
+    if isinstance(address, IPv6Address):
+        return f"[{address.host}]:{address.port}"
+    return None
+
+
+class PeerRegistry:
+    """
+    The connected peers by id, and a way to wait until none are left.
+    """
+
+    def __init__(self) -> None:
+        self._peers: dict[str, IPeer] = {}
+        self._serials = count(1)
+        self._emptyWaiters: list[Deferred[None]] = []
+
+    def idFor(self, address: IAddress) -> str:
+        """
+        A stable id for a peer at C{address}: C{host:port} for TCP
+        (C{[host]:port} for IPv6), C{type#serial} for anything else (such as a
+        UNIX socket, whose peers have no name).
+        """
+        text = tcpAddress(address)
+        if text is not None:
+            return text
+        kind = getattr(address, "type", None) or type(address).__name__
+        return f"{kind.lower()}#{next(self._serials)}"
+
+    def add(self, peer: IPeer) -> None:
+        """
+        Remember C{peer} under its id.
+        """
+        self._peers[peer.id] = peer
+
+    def remove(self, peer: IPeer) -> None:
+        """
+        Forget C{peer}; wake whoever waits for the registry to empty.
+        """
+        if self._peers.get(peer.id) is peer:
+            del self._peers[peer.id]
+        if not self._peers and self._emptyWaiters:
+            waiters, self._emptyWaiters = self._emptyWaiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def get(self, peerId: str) -> IPeer | None:
+        """
+        The peer with id C{peerId}, if connected.
+        """
+        return self._peers.get(peerId)
+
+    def whenEmpty(self) -> Deferred[None]:
+        """
+        A L{Deferred} that fires once no peer is connected.
+        """
+        if not self._peers:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._emptyWaiters.append(waiter)
+        return waiter
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def __contains__(self, peerId: object) -> bool:
+        return peerId in self._peers
+
+    def __iter__(self) -> Iterator[IPeer]:
+        return iter(list(self._peers.values()))

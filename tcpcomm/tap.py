@@ -1,0 +1,90 @@
+"""
+The twistd entry point: L{Options} and L{makeService}, which only builds
+endpoints, factories and services. Nothing listens, connects or starts a
+timer here: twistd may fork after this returns, so all of that happens when
+the services start.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import HostnameEndpoint, clientFromString
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+
+from tcpcomm.client import ClientFactory, RetryPolicy, makeClientService
+from tcpcomm.conversation import Script
+from tcpcomm.framing import FRAMINGS
+from tcpcomm.options import ClientOptions, Options, ServerOptions
+from tcpcomm.protocol import MessageFactory
+from tcpcomm.registry import PeerRegistry
+from tcpcomm.server import makeServerService
+
+__all__ = ["Options", "makeService"]
+
+
+def _script(options: ServerOptions | ClientOptions, clock: IReactorTime, greeting: bool) -> Script:
+    return Script(
+        clock=clock,
+        encoding=options["encoding"],
+        replyDelay=options["reply-delay"],
+        reply=options["reply"],
+        errorReply=options["error-reply"],
+        greeting=options["greeting"] if greeting else None,
+    )
+
+
+def makeServer(options: ServerOptions, reactor: Any) -> MultiService:
+    """
+    The server: its listeners, and a registry of its peers.
+    """
+    registry = PeerRegistry()
+    factory = MessageFactory(
+        FRAMINGS[options["framing"]],
+        _script(options, reactor, greeting=False).conversationFor,
+        options["max-message-size"],
+        registry,
+    )
+    return makeServerService(
+        options.listenDescriptions(), factory, registry, reactor, options["shutdown-timeout"]
+    )
+
+
+def makeClient(options: ClientOptions, reactor: Any) -> MultiService:
+    """
+    The client: one connection kept up by a L{ClientService}.
+    """
+    endpoint: IStreamClientEndpoint
+    if options["connect"] is not None:
+        description = options["connect"]
+        endpoint = clientFromString(reactor, description)
+    else:
+        host, port = options["host"], options["port"]
+        description = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        endpoint = HostnameEndpoint(
+            reactor, host, port, timeout=options["timeout"], bindAddress=options["bind-address"]
+        )
+    policy = RetryPolicy(
+        reactor, options["retry-initial"], options["retry-max"], options["retry-reset"]
+    )
+    factory = ClientFactory(
+        FRAMINGS[options["framing"]],
+        _script(options, reactor, greeting=True).conversationFor,
+        options["max-message-size"],
+        policy,
+    )
+    top = MultiService()
+    makeClientService(endpoint, description, factory, reactor).setServiceParent(top)
+    return top
+
+
+def makeService(options: Options, reactor: Any = None) -> MultiService:
+    """
+    Build the server or client that C{options} describe.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    if options.subCommand == "server":
+        return makeServer(options.subOptions, reactor)
+    return makeClient(options.subOptions, reactor)
