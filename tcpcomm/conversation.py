@@ -90,7 +90,7 @@ class DelayedReply:
             )
             self._peer.sendMessage(script.errorReply.render(script.clock.seconds()))
             return
-        log.info("message from {peer}: {message}", peer=self._peer.id, message=text)
+        log.info("message from {peer}: {text}", peer=self._peer.id, text=text)
         reply = script.reply.render(script.clock.seconds())
         if script.replyDelay <= 0:
             self._peer.sendMessage(reply)

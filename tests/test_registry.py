@@ -1,0 +1,76 @@
+"""Tests for L{tcpcomm.registry} and how the factory keeps it."""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.error import ConnectionDone
+from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from tcpcomm.registry import PeerRegistry
+
+from .support import connect
+
+
+class PeerIdTests(SynchronousTestCase):
+    """
+    Peer ids are stable and readable.
+    """
+
+    def test_ipv4(self) -> None:
+        """An IPv4 peer is host:port."""
+        self.assertEqual(PeerRegistry().idFor(IPv4Address("TCP", "10.0.0.1", 5)), "10.0.0.1:5")
+
+    def test_ipv6(self) -> None:
+        """An IPv6 peer is [host]:port."""
+        self.assertEqual(PeerRegistry().idFor(IPv6Address("TCP", "::1", 5)), "[::1]:5")
+
+    def test_unnamed(self) -> None:
+        """Peers without a name (UNIX sockets) get distinct serial ids."""
+        registry = PeerRegistry()
+        first = registry.idFor(UNIXAddress(None))
+        second = registry.idFor(UNIXAddress(None))
+        self.assertNotEqual(first, second)
+        self.assertTrue(first.startswith("unixaddress#"), first)
+
+
+class RegistryTests(SynchronousTestCase):
+    """
+    The factory's registry holds exactly the connected peers.
+    """
+
+    def test_addAndRemove(self) -> None:
+        """A peer is registered on connect, logged, and forgotten and logged on disconnect."""
+        registry = PeerRegistry()
+        with capturedLogs() as events:
+            one, _, clock, factory = connect(port=1, registry=registry)
+            two, _, _, _ = connect(port=2, registry=registry, clock=clock)
+        self.assertIs(factory.registry, registry)
+        self.assertEqual(len(registry), 2)
+        self.assertIn("127.0.0.1:1", registry)
+        self.assertIs(registry.get("127.0.0.1:2"), two)
+        self.assertEqual([e["log_format"] for e in events], ["connected {peer}"] * 2)
+        with capturedLogs() as events:
+            one.connectionLost(Failure(ConnectionDone("bye")))
+        self.assertNotIn("127.0.0.1:1", registry)
+        self.assertEqual(len(registry), 1)
+        self.assertEqual(events[0]["peer"], "127.0.0.1:1")
+        self.assertIn("bye", events[0]["reason"])
+
+    def test_registryPerFactory(self) -> None:
+        """Two factories do not share peers (no class-level state)."""
+        one, _, _, factoryOne = connect(port=1)
+        two, _, _, factoryTwo = connect(port=2)
+        self.assertEqual(list(factoryOne.registry), [one])
+        self.assertEqual(list(factoryTwo.registry), [two])
+
+    def test_whenEmpty(self) -> None:
+        """whenEmpty fires once the last peer is gone, and at once when none is there."""
+        registry = PeerRegistry()
+        self.successResultOf(registry.whenEmpty())
+        peer, _, _, _ = connect(registry=registry)
+        waiting = registry.whenEmpty()
+        self.assertNoResult(waiting)
+        peer.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(waiting)
