@@ -190,11 +190,7 @@ class ServerOptions(_CommonOptions):
         self["listen"] = []
 
     def opt_listen(self, description: str) -> None:
-        """
-        A Twisted server endpoint description to listen on, such as
-        tcp:9527:interface=127.0.0.1 or unix:/tmp/tcpcomm.sock; may be given
-        more than once; replaces --port, --interface and --backlog.
-        """
+        """A Twisted server endpoint description to listen on, such as tcp:9527:interface=127.0.0.1 or unix:/tmp/tcpcomm.sock; may be given more than once; replaces --port, --interface and --backlog."""
         try:
             serverFromString(MemoryReactor(), description)
         except Exception as e:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from itertools import count
 
-from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress
 
@@ -36,14 +36,14 @@ class PeerRegistry:
     def idFor(self, address: IAddress) -> str:
         """
         A stable id for a peer at C{address}: C{host:port} for TCP
-        (C{[host]:port} for IPv6), C{type#serial} for anything else (such as a
-        UNIX socket, whose peers have no name).
+        (C{[host]:port} for IPv6), C{unix#serial} for a UNIX socket peer (which
+        has no name), C{kind#serial} for anything else.
         """
         text = tcpAddress(address)
         if text is not None:
             return text
-        kind = getattr(address, "type", None) or type(address).__name__
-        return f"{kind.lower()}#{next(self._serials)}"
+        kind = "unix" if isinstance(address, UNIXAddress) else type(address).__name__.lower()
+        return f"{kind}#{next(self._serials)}"
 
     def add(self, peer: IPeer) -> None:
         """

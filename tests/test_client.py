@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
@@ -87,10 +89,11 @@ class ClientServiceTests(SynchronousTestCase):
         _, _, factory, _, _ = self.reactor.tcpClients[-1]
         factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
 
-    def accept(self) -> tuple[object, StringTransport]:
+    def accept(self) -> tuple[Any, StringTransport]:
         """Accept the latest connection attempt."""
         _, _, factory, _, _ = self.reactor.tcpClients[-1]
         protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 9527))
+        assert protocol is not None
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 9527))
         protocol.makeConnection(transport)
         return protocol, transport

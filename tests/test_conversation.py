@@ -145,5 +145,6 @@ class GreetingTests(SynchronousTestCase):
         script = makeScript(clock, greeting="hello {time}")
         factory = MessageFactory(LineFraming, script.conversationFor, 100)
         protocol = factory.buildProtocol(None)
-        protocol.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 9527)))
-        self.assertEqual(protocol.transport.value(), b"hello " + stamp(NOON) + b"\n")
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 9527))
+        protocol.makeConnection(transport)
+        self.assertEqual(transport.value(), b"hello " + stamp(NOON) + b"\n")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import struct
+from typing import cast
 
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from tcpcomm.framing import FRAMINGS
 
-from .support import connect
+from .support import Recorder, connect
 
 
 def frame(framing: str, message: bytes) -> bytes:
@@ -34,7 +35,7 @@ class RecordingMixin:
         protocol, transport, clock, factory = connect(
             framing, maxMessageSize=maxMessageSize, record=True
         )
-        return protocol, transport, protocol.conversation.messages
+        return protocol, transport, cast(Recorder, protocol.conversation).messages
 
 
 class StreamFramingTests(RecordingMixin, SynchronousTestCase):

@@ -32,7 +32,7 @@ class PeerIdTests(SynchronousTestCase):
         first = registry.idFor(UNIXAddress(None))
         second = registry.idFor(UNIXAddress(None))
         self.assertNotEqual(first, second)
-        self.assertTrue(first.startswith("unixaddress#"), first)
+        self.assertTrue(first.startswith("unix#"), first)
 
 
 class RegistryTests(SynchronousTestCase):

@@ -28,6 +28,7 @@ class DisconnectAllServiceTests(SynchronousTestCase):
         service = DisconnectAllService(registry, clock, timeout=10)
         service.startService()
         stopped = service.stopService()
+        assert stopped is not None
         self.assertTrue(all(t.disconnecting for _, t, _, _ in peers))
         self.assertNoResult(stopped)
         for protocol, _, _, _ in peers:
@@ -43,6 +44,7 @@ class DisconnectAllServiceTests(SynchronousTestCase):
         service = DisconnectAllService(registry, clock, timeout=10)
         service.startService()
         stopped = service.stopService()
+        assert stopped is not None
         with capturedLogs() as events:
             clock.advance(10)
         self.assertTrue(transport.disconnected)  # StringTransport's abortConnection

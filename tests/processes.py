@@ -1,0 +1,161 @@
+"""
+Real C{twistd} subprocesses for the end-to-end tests: started from a
+temporary folder (so only the installed package can answer), every wait
+bounded, every process stopped by its pid whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import IO
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+BIN = os.path.dirname(sys.executable)
+TWISTD = os.path.join(BIN, "twistd")
+WAIT = 15.0  # the longest any single wait may take, in seconds
+
+
+def freePort() -> int:
+    """
+    A loopback TCP port nobody listens on right now.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scratch(case: SynchronousTestCase) -> str:
+    """
+    A new temporary folder outside the repository, removed after the test.
+    """
+    path = tempfile.mkdtemp(prefix="tcpcomm-e2e-")
+    case.addCleanup(shutil.rmtree, path, True)
+    return path
+
+
+def environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run(
+    case: SynchronousTestCase, *args: str, timeout: float = WAIT
+) -> subprocess.CompletedProcess[str]:
+    """
+    Run C{twistd args} to completion in a scratch folder.
+    """
+    if not os.path.exists(TWISTD):
+        raise SkipTest(f"no twistd beside {sys.executable}")
+    return subprocess.run(
+        [TWISTD, *args],
+        cwd=scratch(case),
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+class Twistd:
+    """
+    One C{twistd -n} process whose output goes to a file the test can search.
+    """
+
+    def __init__(self, case: SynchronousTestCase, *args: str, cwd: str | None = None) -> None:
+        if not os.path.exists(TWISTD):
+            raise SkipTest(f"no twistd beside {sys.executable}")
+        self.cwd = cwd or scratch(case)
+        self.logPath = os.path.join(self.cwd, f"twistd-{time.monotonic_ns()}.log")
+        self._out: IO[bytes] = open(self.logPath, "wb")
+        self.process = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", *args],
+            cwd=self.cwd,
+            env=environment(),
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        case.addCleanup(self.stop)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        with open(self.logPath, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def waitFor(self, pattern: str, timeout: float = WAIT, after: int = 0) -> re.Match[str]:
+        """
+        Wait until the output (from character C{after} on) matches C{pattern}.
+        """
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while True:
+            match = regex.search(self.output(), after)
+            if match:
+                return match
+            if self.process.poll() is not None:
+                match = regex.search(self.output(), after)
+                if match:
+                    return match
+                raise AssertionError(
+                    f"twistd exited ({self.process.returncode}) before {pattern!r}:\n{self.output()}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} within {timeout} s:\n{self.output()}")
+            time.sleep(0.02)
+
+    def listeningPort(self) -> int:
+        """
+        The TCP port the server says it listens on.
+        """
+        return int(self.waitFor(r"listening on [\d.]+:(\d+)").group(1))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = WAIT) -> int:
+        """
+        Signal the process by its pid and wait for it; kill it if it lingers.
+        """
+        if self.process.poll() is None:
+            os.kill(self.pid, sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.process.wait(timeout)
+        self._out.close()
+        return self.process.returncode
+
+
+def readUntilClosed(sock: socket.socket, timeout: float = WAIT) -> bytes:
+    """
+    Everything C{sock} receives until the other side closes it.
+    """
+    sock.settimeout(timeout)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+    raise AssertionError(f"still open after {timeout} s; got {b''.join(chunks)!r}")
+
+
+def assertCleanLog(case: SynchronousTestCase, text: str) -> None:
+    """
+    The log shows no traceback and no unhandled error.
+    """
+    for bad in ("Traceback", "Unhandled error", "Unhandled Error"):
+        case.assertNotIn(bad, text)
