@@ -138,6 +138,23 @@ class Twistd:
         return self.process.returncode
 
 
+def waitForFile(path: str, pattern: str, timeout: float = WAIT) -> re.Match[str]:
+    """
+    Wait until the file at C{path} exists and matches C{pattern}.
+    """
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+            match = re.search(pattern, text)
+            if match:
+                return match
+        time.sleep(0.02)
+    raise AssertionError(f"no {pattern!r} in {path} within {timeout} s:\n{text}")
+
+
 def readUntilClosed(sock: socket.socket, timeout: float = WAIT) -> bytes:
     """
     Everything C{sock} receives until the other side closes it.

@@ -25,6 +25,7 @@ from .processes import (
     readUntilClosed,
     run,
     scratch,
+    waitForFile,
 )
 
 # After a clean shutdown on SIGTERM, twistd re-raises the signal so that its
@@ -234,8 +235,8 @@ class PortInUseTests(SynchronousTestCase):
         # twistd cuts the child's error to 100 bytes and points at the log file.
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("CannotListenError", result.stdout + result.stderr)
-        with open(os.path.join(folder, "server.log")) as f:
-            self.assertIn("Address already in use", f.read())
+        # The child finishes writing its traceback after the parent has exited.
+        waitForFile(os.path.join(folder, "server.log"), "Address already in use")
         self.assertFalse(os.path.exists(pidfile))
 
 
@@ -268,14 +269,7 @@ class DaemonTests(SynchronousTestCase):
         with open(pidfile) as f:
             pid = int(f.read())
         try:
-            deadline = time.monotonic() + WAIT
-            port = None
-            while port is None and time.monotonic() < deadline:
-                with open(logfile) as f:
-                    found = re.search(r"listening on [\d.]+:(\d+)", f.read())
-                port = found and int(found.group(1))
-                time.sleep(0.02)
-            assert port is not None, "the daemon never said where it listens"
+            port = int(waitForFile(logfile, r"listening on [\d.]+:(\d+)").group(1))
             with dial(port) as sock:
                 sock.sendall(b"hi\n")
                 sock.shutdown(socket.SHUT_WR)
@@ -286,6 +280,7 @@ class DaemonTests(SynchronousTestCase):
             while os.path.exists(pidfile) and time.monotonic() < deadline:
                 time.sleep(0.02)
         self.assertFalse(os.path.exists(pidfile))
+        waitForFile(logfile, "Server Shut Down")
         with open(logfile) as f:
             assertCleanLog(self, f.read())
 
