@@ -119,6 +119,7 @@ class LoggingEndpoint:
                 return reason
             log.warn(
                 "cannot connect to {server}: {reason}",
+                event="connect-failed",
                 server=self._description,
                 reason=reason.getErrorMessage(),
             )

@@ -84,13 +84,14 @@ class DelayedReply:
         except UnicodeDecodeError as e:
             log.warn(
                 "undecodable message from {peer}: {data!r} ({reason})",
+                event="undecodable",
                 peer=self._peer.id,
                 data=message,
                 reason=str(e),
             )
             self._peer.sendMessage(script.errorReply.render(script.clock.seconds()))
             return
-        log.info("message from {peer}: {text}", peer=self._peer.id, text=text)
+        log.info("message from {peer}: {text}", event="message", peer=self._peer.id, text=text)
         reply = script.reply.render(script.clock.seconds())
         if script.replyDelay <= 0:
             self._peer.sendMessage(reply)

@@ -47,6 +47,7 @@ class NetstringFraming(FramedProtocol, NetstringReceiver):
             log.warn(
                 "disconnecting {peer}: not a netstring, or one longer than "
                 "--max-message-size {limit}",
+                event="bad-framing",
                 peer=self.id,
                 limit=self.MAX_LENGTH,
             )

@@ -16,7 +16,9 @@ from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 
 from tcpcomm.framing import FRAMINGS
+from tcpcomm.logs import useJSON
 from tcpcomm.templates import Template, TemplateError
+from tcpcomm.tls import TLSFileError, clientCreator, serverOptions
 
 
 def _number(
@@ -106,9 +108,18 @@ class _CommonOptions(usage.Options):
             "Largest message in bytes; a peer that sends a larger one is disconnected.",
             _number("--max-message-size", int, 1, 2**31 - 1),
         ],
+        [
+            "log-format",
+            None,
+            "text",
+            "twistd's log as text lines, or as one JSON object per line.",
+            _choice("--log-format", ["text", "json"]),
+        ],
     ]
 
     def postOptions(self) -> None:
+        if self["log-format"] == "json" and self.parent is not None:
+            useJSON(self.parent)
         encoding = self["encoding"]
         if self["framing"] == "line" and "\n".encode(encoding) != b"\n":
             raise usage.UsageError(
@@ -176,6 +187,14 @@ class ServerOptions(_CommonOptions):
             "server error {time}",
             "Text sent at once for a message that does not decode.",
         ],
+        ["tls-cert", None, None, "PEM certificate (and chain) to serve TLS on --port with."],
+        ["tls-key", None, None, "PEM private key of --tls-cert (default: read from --tls-cert)."],
+        [
+            "tls-client-ca",
+            None,
+            None,
+            "PEM CA certificate(s): require every client to present a certificate they signed.",
+        ],
         [
             "shutdown-timeout",
             None,
@@ -188,6 +207,25 @@ class ServerOptions(_CommonOptions):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["tls"] = None
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        cert, key, clientCA = self["tls-cert"], self["tls-key"], self["tls-client-ca"]
+        if cert is None:
+            for name, value in (("tls-key", key), ("tls-client-ca", clientCA)):
+                if value is not None:
+                    raise usage.UsageError(f"--{name} {value!r} needs --tls-cert")
+            return
+        if self["listen"]:
+            raise usage.UsageError(
+                f"--tls-cert {cert!r} turns on TLS for --port, which --listen replaces; "
+                "give --listen an ssl: or tls: endpoint instead"
+            )
+        try:
+            self["tls"] = serverOptions(cert, key, clientCA)
+        except TLSFileError as e:
+            raise usage.UsageError(str(e)) from None
 
     def opt_listen(self, description: str) -> None:
         """A Twisted server endpoint description to listen on, such as tcp:9527:interface=127.0.0.1 or unix:/tmp/tcpcomm.sock; may be given more than once; replaces --port, --interface and --backlog."""
@@ -268,6 +306,14 @@ class ClientOptions(_CommonOptions):
             _number("--retry-reset", float, 0),
         ],
         [
+            "tls-ca",
+            None,
+            None,
+            "PEM CA certificate(s) to verify the server with, instead of the system's.",
+        ],
+        ["tls-cert", None, None, "PEM client certificate to present to the server."],
+        ["tls-key", None, None, "PEM private key of --tls-cert (default: read from --tls-cert)."],
+        [
             "greeting",
             None,
             "hello server, this is the client {time}",
@@ -287,11 +333,34 @@ class ClientOptions(_CommonOptions):
         ],
     ]
 
+    optFlags = [
+        ["tls", None, "Connect with TLS, verifying the server's certificate and host name."],
+    ]
+
     def templateOptions(self) -> list[str]:
         return ["greeting", "reply", "error-reply"]
 
     def postOptions(self) -> None:
         super().postOptions()
+        self["tls-creator"] = None
+        tlsFiles = [(n, self[n]) for n in ("tls-ca", "tls-cert", "tls-key") if self[n] is not None]
+        if tlsFiles and not self["tls"]:
+            name, value = tlsFiles[0]
+            raise usage.UsageError(f"--{name} {value!r} needs --tls")
+        if self["tls"] and self["connect"] is not None:
+            raise usage.UsageError(
+                f"--tls applies to --host, which --connect {self['connect']!r} replaces; "
+                "use a tls: endpoint in --connect instead"
+            )
+        if self["tls-key"] is not None and self["tls-cert"] is None:
+            raise usage.UsageError(f"--tls-key {self['tls-key']!r} needs --tls-cert")
+        if self["tls"]:
+            try:
+                self["tls-creator"] = clientCreator(
+                    self["host"], self["tls-ca"], self["tls-cert"], self["tls-key"]
+                )
+            except TLSFileError as e:
+                raise usage.UsageError(str(e)) from None
         if self["retry-max"] < self["retry-initial"]:
             raise usage.UsageError(
                 f"--retry-max {self['retry-max']} is less than --retry-initial {self['retry-initial']}"

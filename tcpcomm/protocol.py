@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, ITransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    ITransport,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -15,11 +20,12 @@ from zope.interface import implementer
 
 from tcpcomm.interfaces import IConversation, IPeer
 from tcpcomm.registry import PeerRegistry
+from tcpcomm.tls import subjectName
 
 log = Logger()
 
 
-@implementer(IPeer, IHalfCloseableProtocol)
+@implementer(IPeer, IHalfCloseableProtocol, IHandshakeListener)
 class FramedProtocol(Protocol):
     """
     Base of every framing: a framing subclass turns bytes into messages and
@@ -32,10 +38,18 @@ class FramedProtocol(Protocol):
     id: str = "?"
     conversation: IConversation
     MAX_LENGTH: int
+    #: Over TLS: whether the handshake completed, and the common name of the
+    #: certificate the peer presented (L{None} if it presented none).
+    secured: bool = False
+    tlsSubject: str | None = None
 
     def connectionMade(self) -> None:
         self.factory.peerConnected(self)
         self.conversation.connected()
+
+    def handshakeCompleted(self) -> None:
+        self.secured = True
+        self.factory.peerSecured(self)
 
     def readConnectionLost(self) -> None:
         self.conversation.inputEnded()
@@ -54,6 +68,7 @@ class FramedProtocol(Protocol):
         log.warn(
             "disconnecting {peer}: message of {size} bytes or more exceeds "
             "--max-message-size {limit}",
+            event="oversized",
             peer=self.id,
             size=size,
             limit=self.MAX_LENGTH,
@@ -105,11 +120,34 @@ class MessageFactory(Factory[FramedProtocol]):
         peer.id = self.registry.idFor(peer.transport.getPeer())
         peer.conversation = self.conversationFor(peer)
         self.registry.add(peer)
-        log.info("connected {peer}", peer=peer.id)
+        log.info("connected {peer}", event="connected", peer=peer.id)
+
+    def peerSecured(self, peer: FramedProtocol) -> None:
+        """
+        The TLS handshake with C{peer} completed: note and log whose
+        certificate it presented.
+        """
+        certificate = peer.transport.getPeerCertificate()  # type: ignore[attr-defined]
+        peer.tlsSubject = subjectName(certificate)
+        log.info(
+            "secured {peer}: certificate {subject}",
+            event="secured",
+            peer=peer.id,
+            subject=peer.tlsSubject,
+        )
 
     def peerLost(self, peer: FramedProtocol, reason: Failure) -> None:
         """
         Forget and log a connection that went away.
         """
         self.registry.remove(peer)
-        log.info("lost {peer}: {reason}", peer=peer.id, reason=reason.getErrorMessage())
+        if not peer.secured and hasattr(peer.transport, "getPeerCertificate"):
+            log.warn(
+                "TLS handshake with {peer} failed: {reason}",
+                event="tls-failed",
+                peer=peer.id,
+                reason=reason.getErrorMessage(),
+            )
+        log.info(
+            "lost {peer}: {reason}", event="lost", peer=peer.id, reason=reason.getErrorMessage()
+        )

@@ -12,15 +12,19 @@ from twisted.internet.interfaces import IAddress
 from tcpcomm.interfaces import IPeer
 
 
-def tcpAddress(address: IAddress) -> str | None:
+def addressText(address: IAddress) -> str:
     """
-    C{host:port} (C{[host]:port} for IPv6) for a TCP address, else L{None}.
+    An address as people write it: C{host:port}, C{[host]:port} for IPv6,
+    C{unix:path} for a named UNIX socket.
     """
     if isinstance(address, IPv4Address):
         return f"{address.host}:{address.port}"
     if isinstance(address, IPv6Address):
         return f"[{address.host}]:{address.port}"
-    return None
+    if isinstance(address, UNIXAddress) and address.name:
+        name = address.name.decode() if isinstance(address.name, bytes) else address.name
+        return f"unix:{name}"
+    return str(address)
 
 
 class PeerRegistry:
@@ -39,9 +43,8 @@ class PeerRegistry:
         (C{[host]:port} for IPv6), C{unix#serial} for a UNIX socket peer (which
         has no name), C{kind#serial} for anything else.
         """
-        text = tcpAddress(address)
-        if text is not None:
-            return text
+        if isinstance(address, (IPv4Address, IPv6Address)):
+            return addressText(address)
         kind = "unix" if isinstance(address, UNIXAddress) else type(address).__name__.lower()
         return f"{kind}#{next(self._serials)}"
 

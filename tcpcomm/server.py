@@ -1,13 +1,11 @@
 """
-The server side's services: listeners that say where they listen, and a
-service that closes every peer when the server stops.
+The server side's services: listeners that fail loudly and say where they
+listen, and a service that closes every peer when the server stops.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -19,7 +17,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from tcpcomm.registry import PeerRegistry, tcpAddress
+from tcpcomm.registry import PeerRegistry, addressText
 
 log = Logger()
 
@@ -39,12 +37,27 @@ class AnnouncingEndpoint:
         def announce(port: IListeningPort) -> IListeningPort:
             log.info(
                 "listening on {address} ({description})",
-                address=tcpAddress(port.getHost()) or port.getHost(),
+                event="listening",
+                address=addressText(port.getHost()),
                 description=self._description,
             )
             return port
 
         return self._endpoint.listen(factory).addCallback(announce)
+
+
+def listeningService(
+    endpoint: IStreamServerEndpoint, description: str, factory: IProtocolFactory
+) -> StreamServerEndpointService:
+    """
+    A service that listens on C{endpoint} when it starts, and raises at once
+    if it cannot, as C{strports.service} does: a bare
+    L{StreamServerEndpointService} would only log the error, and a
+    daemonized twistd would exit 0 without listening.
+    """
+    service = StreamServerEndpointService(AnnouncingEndpoint(endpoint, description), factory)
+    service._raiseSynchronously = True  # a documented ivar; what strports.service sets
+    return service
 
 
 class DisconnectAllService(Service):
@@ -63,7 +76,7 @@ class DisconnectAllService(Service):
         Service.stopService(self)
         if not self._registry:
             return None
-        log.info("closing {count} connection(s)", count=len(self._registry))
+        log.info("closing {count} connection(s)", event="closing", count=len(self._registry))
         for peer in self._registry:
             peer.close()
         empty = self._registry.whenEmpty()
@@ -73,6 +86,7 @@ class DisconnectAllService(Service):
     def _abortRemaining(self) -> None:
         log.warn(
             "aborting {count} connection(s) still open after {timeout} s",
+            event="aborting",
             count=len(self._registry),
             timeout=self._timeout,
         )
@@ -81,22 +95,18 @@ class DisconnectAllService(Service):
 
 
 def makeServerService(
-    listen: list[str],
+    listeners: list[tuple[IStreamServerEndpoint, str]],
     factory: IProtocolFactory,
     registry: PeerRegistry,
-    reactor: Any,
+    clock: IReactorTime,
     shutdownTimeout: float,
 ) -> MultiService:
     """
-    Listen on each endpoint description with C{factory}; closing peers is
-    added first so that it runs after every listener has stopped accepting.
+    Listen on each C{(endpoint, description)} with C{factory}. Closing peers
+    is added first so that it runs after every listener has stopped accepting.
     """
     top = MultiService()
-    DisconnectAllService(registry, reactor, shutdownTimeout).setServiceParent(top)
-    for description in listen:
-        # strports.service fails loudly (and twistd exits non-zero) when the
-        # port is busy; a bare StreamServerEndpointService would not.
-        listener = strports.service(description, factory, reactor=reactor)
-        listener.endpoint = AnnouncingEndpoint(listener.endpoint, description)
-        listener.setServiceParent(top)
+    DisconnectAllService(registry, clock, shutdownTimeout).setServiceParent(top)
+    for endpoint, description in listeners:
+        listeningService(endpoint, description, factory).setServiceParent(top)
     return top

@@ -10,8 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import HostnameEndpoint, clientFromString
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    SSL4ServerEndpoint,
+    clientFromString,
+    serverFromString,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint, IStreamServerEndpoint
 
 from tcpcomm.client import ClientFactory, RetryPolicy, makeClientService
 from tcpcomm.conversation import Script
@@ -47,8 +53,22 @@ def makeServer(options: ServerOptions, reactor: Any) -> MultiService:
         registry,
     )
     return makeServerService(
-        options.listenDescriptions(), factory, registry, reactor, options["shutdown-timeout"]
+        serverEndpoints(options, reactor), factory, registry, reactor, options["shutdown-timeout"]
     )
+
+
+def serverEndpoints(
+    options: ServerOptions, reactor: Any
+) -> list[tuple[IStreamServerEndpoint, str]]:
+    """
+    Each endpoint the server listens on, with the description to log it by.
+    """
+    if options["tls"] is not None:
+        port, backlog, interface = options["port"], options["backlog"], options["interface"]
+        endpoint = SSL4ServerEndpoint(reactor, port, options["tls"], backlog, interface)
+        mutual = " with client certificates" if options["tls-client-ca"] else ""
+        return [(endpoint, f"TLS{mutual} on port {port}")]
+    return [(serverFromString(reactor, d), d) for d in options.listenDescriptions()]
 
 
 def makeClient(options: ClientOptions, reactor: Any) -> MultiService:
@@ -65,6 +85,9 @@ def makeClient(options: ClientOptions, reactor: Any) -> MultiService:
         endpoint = HostnameEndpoint(
             reactor, host, port, timeout=options["timeout"], bindAddress=options["bind-address"]
         )
+        if options["tls-creator"] is not None:
+            endpoint = wrapClientTLS(options["tls-creator"], endpoint)
+            description = f"tls:{description}"
     policy = RetryPolicy(
         reactor, options["retry-initial"], options["retry-max"], options["retry-reset"]
     )

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from twisted.internet.error import ConnectionDone
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError, ConnectionDone
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from tcpcomm.registry import PeerRegistry
-from tcpcomm.server import DisconnectAllService, makeServerService
+from tcpcomm.server import DisconnectAllService, listeningService, makeServerService
 
 from .support import connect
 
@@ -59,6 +65,32 @@ class DisconnectAllServiceTests(SynchronousTestCase):
         self.assertIsNone(service.stopService())
 
 
+def listeners(reactor: Any, *descriptions: str) -> list[tuple[IStreamServerEndpoint, str]]:
+    return [(serverFromString(reactor, d), d) for d in descriptions]
+
+
+@implementer(IStreamServerEndpoint)
+class BusyEndpoint:
+    """
+    An endpoint whose port is always taken.
+    """
+
+    def listen(self, factory: object) -> Deferred[IListeningPort]:
+        return fail(CannotListenError("127.0.0.1", 9527, OSError("Address already in use")))
+
+
+class ListeningServiceTests(SynchronousTestCase):
+    """
+    A listener that cannot listen fails loudly.
+    """
+
+    def test_busyPortRaises(self) -> None:
+        """startService raises when the port is taken, so twistd exits non-zero."""
+        _, _, _, factory = connect()
+        service = listeningService(BusyEndpoint(), "tcp:9527", factory)
+        self.assertRaises(CannotListenError, service.startService)
+
+
 class MakeServerServiceTests(SynchronousTestCase):
     """
     Listeners are built from endpoint descriptions and start only with the service.
@@ -70,7 +102,11 @@ class MakeServerServiceTests(SynchronousTestCase):
         registry = PeerRegistry()
         _, _, _, factory = connect(registry=registry)
         service = makeServerService(
-            ["tcp:9527:interface=127.0.0.1:backlog=7", "tcp:9528"], factory, registry, reactor, 10
+            listeners(reactor, "tcp:9527:interface=127.0.0.1:backlog=7", "tcp:9528"),
+            factory,
+            registry,
+            reactor,
+            10,
         )
         self.assertEqual(reactor.tcpServers, [])
         with capturedLogs() as events:
@@ -88,7 +124,7 @@ class MakeServerServiceTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         registry = PeerRegistry()
         protocol, transport, _, factory = connect(registry=registry)
-        service = makeServerService(["tcp:9527"], factory, registry, reactor, 10)
+        service = makeServerService(listeners(reactor, "tcp:9527"), factory, registry, reactor, 10)
         children = list(service)
         self.assertIsInstance(children[0], DisconnectAllService)
         self.assertEqual(len(children), 2)

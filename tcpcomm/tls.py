@@ -1,0 +1,127 @@
+"""
+TLS settings from PEM files: a server context (optionally requiring client
+certificates signed by a given CA) and a client connection creator that
+verifies the server. Files are read once, when options are parsed.
+"""
+
+from __future__ import annotations
+
+import re
+
+from OpenSSL.crypto import FILETYPE_PEM, X509
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.ssl import (
+    Certificate,
+    CertificateOptions,
+    KeyPair,
+    PrivateCertificate,
+    optionsForClientTLS,
+    platformTrust,
+    trustRootFromCertificates,
+)
+
+_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+class TLSFileError(ValueError):
+    """
+    A PEM file named by an option is missing, unreadable or not what it should be.
+    """
+
+
+def _read(option: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise TLSFileError(f"{option} {path!r}: {e.strerror}") from None
+
+
+def certificates(option: str, path: str) -> list[Certificate]:
+    """
+    Every certificate in the PEM file at C{path}, in order.
+    """
+    blocks = _CERTIFICATE.findall(_read(option, path))
+    if not blocks:
+        raise TLSFileError(f"{option} {path!r} holds no PEM certificate")
+    try:
+        return [Certificate.loadPEM(block) for block in blocks]
+    except Exception as e:
+        raise TLSFileError(
+            f"{option} {path!r} holds a certificate that does not load: {e}"
+        ) from None
+
+
+def privateCertificate(
+    certOption: str, certPath: str, keyOption: str, keyPath: str | None
+) -> tuple[PrivateCertificate, list[Certificate]]:
+    """
+    The certificate with its private key (from C{keyPath}, or from the
+    certificate file itself), and any chain certificates that follow it.
+    """
+    leaf, *chain = certificates(certOption, certPath)
+    keyPEM = _read(keyOption, keyPath) if keyPath else _read(certOption, certPath)
+    try:
+        key = KeyPair.load(keyPEM, format=FILETYPE_PEM)
+    except Exception as e:
+        where = (
+            f"{keyOption} {keyPath!r}" if keyPath else f"{certOption} {certPath!r} (no {keyOption})"
+        )
+        raise TLSFileError(f"{where} holds no usable private key: {e}") from None
+    try:
+        return PrivateCertificate.fromCertificateAndKeyPair(leaf, key), chain
+    except Exception as e:
+        raise TLSFileError(f"{keyOption} does not match {certOption} {certPath!r}: {e}") from None
+
+
+def serverOptions(
+    certPath: str, keyPath: str | None, clientCAPath: str | None
+) -> CertificateOptions:
+    """
+    A server context from C{--tls-cert}/C{--tls-key}; with C{--tls-client-ca},
+    the handshake fails for a client without a certificate signed by that CA.
+    """
+    identity, chain = privateCertificate("--tls-cert", certPath, "--tls-key", keyPath)
+    if clientCAPath is None:
+        return CertificateOptions(
+            privateKey=identity.privateKey.original,
+            certificate=identity.original,
+            extraCertChain=[c.original for c in chain],
+        )
+    return CertificateOptions(
+        privateKey=identity.privateKey.original,
+        certificate=identity.original,
+        extraCertChain=[c.original for c in chain],
+        trustRoot=trustRootFromCertificates(certificates("--tls-client-ca", clientCAPath)),
+        requireCertificate=True,
+    )
+
+
+def clientCreator(
+    hostname: str, caPath: str | None, certPath: str | None, keyPath: str | None
+) -> IOpenSSLClientConnectionCreator:
+    """
+    Client TLS that verifies the server's certificate for C{hostname}
+    against C{--tls-ca} (or the system's trust store), presenting
+    C{--tls-cert} when given.
+    """
+    trustRoot = (
+        trustRootFromCertificates(certificates("--tls-ca", caPath)) if caPath else platformTrust()
+    )
+    clientCertificate = None
+    if certPath is not None:
+        clientCertificate, _ = privateCertificate("--tls-cert", certPath, "--tls-key", keyPath)
+    return optionsForClientTLS(hostname, trustRoot=trustRoot, clientCertificate=clientCertificate)
+
+
+def subjectName(certificate: X509 | None) -> str | None:
+    """
+    The common name of a peer's certificate (its whole subject if it has
+    none), or L{None} when the peer presented no certificate.
+    """
+    if certificate is None:
+        return None
+    subject = certificate.get_subject()
+    if subject.commonName:
+        return str(subject.commonName)
+    return ",".join(f"{k.decode()}={v.decode()}" for k, v in subject.get_components())
