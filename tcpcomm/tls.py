@@ -92,8 +92,8 @@ def serverOptions(
         privateKey=identity.privateKey.original,
         certificate=identity.original,
         extraCertChain=[c.original for c in chain],
+        # A trust root makes Twisted require and verify the client's certificate.
         trustRoot=trustRootFromCertificates(certificates("--tls-client-ca", clientCAPath)),
-        requireCertificate=True,
     )
 
 
