@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -47,9 +46,10 @@ def eventAsRecord(event: LogEvent) -> dict[str, Any]:
         "text": formatEvent(event),
     }
     for key, value in event.items():
-        if key.startswith("log_") or key in _NOT_FIELDS or key in record:
-            continue
-        record["message" if key == "text" else key] = _jsonable(value)
+        if key == "text":
+            record["message"] = _jsonable(value)
+        elif not (key.startswith("log_") or key in _NOT_FIELDS or key in record):
+            record[key] = _jsonable(value)
     failure = event.get("log_failure")
     if failure is not None:
         record["traceback"] = failure.getTraceback()
@@ -60,27 +60,30 @@ def formatJSONLine(event: LogEvent) -> str:
     return json.dumps(eventAsRecord(event), ensure_ascii=False) + "\n"
 
 
-def jsonObserverFactory(logfile: str | None, nodaemon: bool) -> Callable[[], ILogObserver]:
-    """
-    A factory for twistd's C{--logger} slot that writes JSON lines where
-    twistd's own text observer would have written.
-    """
+#: Where L{jsonObserver} writes: twistd's C{--logfile} and C{--nodaemon}.
+#: twistd names its C{--logger} factory by import path and calls it with no
+#: arguments, so L{useJSON} leaves the destination here for it.
+_destination: tuple[str | None, bool] = ("-", True)
 
-    def makeObserver() -> ILogObserver:
-        out: IO[Any]
-        if logfile == "-" or (nodaemon and not logfile):
-            out = sys.stdout
-        else:
-            out = LogFile.fromFullPath(logfile or "twistd.log")
-        return FileLogObserver(out, formatJSONLine)
 
-    return makeObserver
+def jsonObserver() -> ILogObserver:
+    """
+    twistd's C{--logger} factory for JSON lines, written where twistd's own
+    text observer would have written them (rotated the same way).
+    """
+    logfile, nodaemon = _destination
+    out: IO[Any]
+    if logfile == "-" or (nodaemon and not logfile):
+        out = sys.stdout
+    else:
+        out = LogFile.fromFullPath(logfile or "twistd.log")
+    return FileLogObserver(out, formatJSONLine)
 
 
 def useJSON(twistdOptions: Any) -> None:
     """
     Make twistd, whose parsed options are C{twistdOptions}, log JSON lines.
     """
-    twistdOptions["logger"] = jsonObserverFactory(
-        twistdOptions.get("logfile"), bool(twistdOptions.get("nodaemon"))
-    )
+    global _destination
+    _destination = (twistdOptions.get("logfile"), bool(twistdOptions.get("nodaemon")))
+    twistdOptions["logger"] = f"{__name__}.jsonObserver"

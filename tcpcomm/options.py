@@ -118,8 +118,10 @@ class _CommonOptions(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        if self["log-format"] == "json" and self.parent is not None:
-            useJSON(self.parent)
+        if self["log-format"] == "json":
+            twistd = self._twistdOptions()
+            if twistd is not None:
+                useJSON(twistd)
         encoding = self["encoding"]
         if self["framing"] == "line" and "\n".encode(encoding) != b"\n":
             raise usage.UsageError(
@@ -142,6 +144,17 @@ class _CommonOptions(usage.Options):
 
     def templateOptions(self) -> list[str]:
         return ["reply", "error-reply"]
+
+    def _twistdOptions(self) -> usage.Options | None:
+        """
+        twistd's own parsed options, two levels up, when run by twistd.
+        """
+        parent = self.parent
+        while parent is not None:
+            if "nodaemon" in parent:
+                return parent
+            parent = getattr(parent, "parent", None)
+        return None
 
 
 class ServerOptions(_CommonOptions):

@@ -22,6 +22,9 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 BIN = os.path.dirname(sys.executable)
 TWISTD = os.path.join(BIN, "twistd")
 WAIT = 15.0  # the longest any single wait may take, in seconds
+# After a clean shutdown on SIGTERM, twistd re-raises the signal so that its
+# parent sees how it ended: the exit status is -SIGTERM (0 on older Twisted).
+STOPPED = (0, -signal.SIGTERM)
 
 
 def freePort() -> int:
@@ -121,7 +124,7 @@ class Twistd:
         """
         The TCP port the server says it listens on.
         """
-        return int(self.waitFor(r"listening on [\d.]+:(\d+)").group(1))
+        return int(self.waitFor(r"listening on (?:[\d.]+|\[[0-9a-f:.]+\]):(\d+)").group(1))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = WAIT) -> int:
         """

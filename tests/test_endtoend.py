@@ -17,6 +17,7 @@ from typing import cast
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from .processes import (
+    STOPPED,
     WAIT,
     Twistd,
     assertCleanLog,
@@ -28,9 +29,6 @@ from .processes import (
     waitForFile,
 )
 
-# After a clean shutdown on SIGTERM, twistd re-raises the signal so that its
-# parent sees how it ended: the exit status is -SIGTERM (0 on older Twisted).
-STOPPED = (0, -signal.SIGTERM)
 REPLY = re.compile(rb"^response from server \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\n$")
 
 

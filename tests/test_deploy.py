@@ -1,0 +1,320 @@
+"""
+Deployment paths end to end: IPv6, UNIX sockets, several listeners, daemons
+side by side, shutdown with a peer that stops reading, and JSON logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import time
+from typing import Any
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from .processes import (
+    STOPPED,
+    WAIT,
+    Twistd,
+    assertCleanLog,
+    readUntilClosed,
+    run,
+    scratch,
+    waitForFile,
+)
+
+
+def ipv6Loopback() -> None:
+    """
+    Skip unless this machine can listen on ::1.
+    """
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError as e:
+        raise SkipTest(f"no IPv6 loopback here: {e}") from None
+
+
+class IPv6Tests(SynchronousTestCase):
+    """
+    The server listens on IPv6 and the client reaches IPv6 addresses.
+    """
+
+    def test_serverAndClientOverIPv6(self) -> None:
+        """A server on ::1 answers an IPv6 socket and a client given --host ::1."""
+        ipv6Loopback()
+        server = Twistd(self, "tcpcomm", "server", "-p", "0", "-i", "::1", "--reply-delay", "0.2")
+        port = server.listeningPort()
+        server.waitFor(rf"listening on \[::1\]:{port}")
+        with socket.create_connection(("::1", port), timeout=WAIT) as sock:
+            sock.sendall(b"hi\n")
+            sock.shutdown(socket.SHUT_WR)
+            self.assertIn(b"response from server", readUntilClosed(sock))
+        server.waitFor(r"connected \[::1\]:\d+")
+        client = Twistd(
+            self, "tcpcomm", "client", "--host", "::1", "-p", str(port), "--reply-delay", "0.2"
+        )
+        client.waitFor(rf"message from \[::1\]:{port}: response from server")
+
+    def test_dualStack(self) -> None:
+        """With --interface ::, an IPv4 client is served too where the system allows it."""
+        ipv6Loopback()
+        with open("/proc/sys/net/ipv6/bindv6only") as f:
+            if f.read().strip() != "0":
+                raise SkipTest("net.ipv6.bindv6only is set: :: does not take IPv4 here")
+        server = Twistd(self, "tcpcomm", "server", "-p", "0", "-i", "::", "--reply-delay", "0")
+        port = server.listeningPort()
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+            sock.sendall(b"hi\n")
+            sock.shutdown(socket.SHUT_WR)
+            self.assertIn(b"response from server", readUntilClosed(sock))
+        server.waitFor(r"connected \[::ffff:127\.0\.0\.1\]:\d+")
+
+
+class UNIXSocketTests(SynchronousTestCase):
+    """
+    Servers listen on, and clients connect to, UNIX sockets.
+    """
+
+    def test_unixListenAndConnect(self) -> None:
+        """--listen unix:PATH:mode=660 makes a socket of that mode; --connect unix:PATH uses it."""
+        path = os.path.join(scratch(self), "tcpcomm.sock")
+        server = Twistd(
+            self, "tcpcomm", "server", "--listen", f"unix:{path}:mode=660", "--reply-delay", "0.2"
+        )
+        server.waitFor(f"listening on unix:{path}")
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o660)
+        client = Twistd(
+            self, "tcpcomm", "client", "--connect", f"unix:{path}", "--reply-delay", "0.2"
+        )
+        server.waitFor(r"connected unix#1")
+        server.waitFor(r"message from unix#1: hello server")
+        client.waitFor(r"message from unix#\d+: response from server")
+
+    def test_listenersShareRegistry(self) -> None:
+        """TCP and UNIX listeners given together feed one registry."""
+        path = os.path.join(scratch(self), "tcpcomm.sock")
+        server = Twistd(
+            self,
+            "tcpcomm",
+            "server",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--listen",
+            f"unix:{path}",
+        )
+        port = server.listeningPort()
+        server.waitFor(f"listening on unix:{path}")
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=WAIT),
+            socket.socket(socket.AF_UNIX) as local,
+        ):
+            local.connect(path)
+            server.waitFor(r"connected unix#1")
+            server.waitFor(r"connected 127\.0\.0\.1:\d+")
+            self.assertIn(server.stop(), STOPPED)
+        self.assertIn("closing 2 connection(s)", server.output())
+
+
+def readPid(path: str) -> int:
+    waitForFile(path, r"^\d+")
+    with open(path) as f:
+        return int(f.read())
+
+
+def stopDaemon(pidfile: str, pid: int) -> None:
+    """
+    SIGTERM the daemon by its pid and wait (bounded) for its pidfile to go.
+    """
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + WAIT
+    while os.path.exists(pidfile) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return
+    os.kill(pid, signal.SIGKILL)
+
+
+class DaemonsSideBySideTests(SynchronousTestCase):
+    """
+    A daemonized server and client in one folder, each with its own files.
+    """
+
+    def test_sideBySide(self) -> None:
+        """Both start, talk, and stop cleanly, removing their own pidfiles."""
+        folder = scratch(self)
+        files = {
+            side: (os.path.join(folder, f"{side}.pid"), os.path.join(folder, f"{side}.log"))
+            for side in ("server", "client")
+        }
+        pidfile, logfile = files["server"]
+        result = run(
+            self,
+            "--pidfile",
+            pidfile,
+            "--logfile",
+            logfile,
+            "tcpcomm",
+            "server",
+            "-p",
+            "0",
+            "-i",
+            "127.0.0.1",
+            "--reply-delay",
+            "0.2",
+        )
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        serverPid = readPid(pidfile)
+        self.addCleanup(stopDaemon, pidfile, serverPid)
+        port = waitForFile(logfile, r"listening on [\d.]+:(\d+)").group(1)
+        pidfile, logfile = files["client"]
+        result = run(
+            self,
+            "--pidfile",
+            pidfile,
+            "--logfile",
+            logfile,
+            "tcpcomm",
+            "client",
+            "-p",
+            port,
+            "--reply-delay",
+            "0.2",
+        )
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        clientPid = readPid(pidfile)
+        self.addCleanup(stopDaemon, pidfile, clientPid)
+        self.assertNotEqual(serverPid, clientPid)
+        waitForFile(logfile, rf"message from 127\.0\.0\.1:{port}: response from server")
+        waitForFile(files["server"][1], r"message from 127\.0\.0\.1:\d+: response from client")
+        for side, pid in (("client", clientPid), ("server", serverPid)):
+            pidfile, logfile = files[side]
+            stopDaemon(pidfile, pid)
+            self.assertFalse(os.path.exists(pidfile), side)
+            waitForFile(logfile, "Server Shut Down")
+            with open(logfile) as f:
+                assertCleanLog(self, f.read())
+
+
+class ShutdownTests(SynchronousTestCase):
+    """
+    Stopping never hangs on a peer that stops reading.
+    """
+
+    def test_peerThatStopsReading(self) -> None:
+        """A peer with unread replies piling up is dropped after --shutdown-timeout."""
+        server = Twistd(
+            self,
+            "tcpcomm",
+            "server",
+            "-p",
+            "0",
+            "-i",
+            "127.0.0.1",
+            "--reply-delay",
+            "0",
+            "--shutdown-timeout",
+            "1",
+        )
+        port = server.listeningPort()
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(WAIT)
+            sock.connect(("127.0.0.1", port))
+            # About 8 MB of replies that this peer will never read.
+            burst = b"x\n" * 100_000
+            for _ in range(2):
+                sock.sendall(burst)
+            deadline = time.monotonic() + WAIT
+            while server.output().count("message from") < 100_000 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            started = time.monotonic()
+            self.assertIn(server.stop(), STOPPED)
+            elapsed = time.monotonic() - started
+        log = server.output()
+        self.assertIn("aborting 1 connection(s) still open after 1.0 s", log)
+        self.assertGreaterEqual(elapsed, 1.0)
+        self.assertLess(elapsed, 1.0 + 5)
+        assertCleanLog(self, log)
+
+
+def jsonLines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+class JSONLogTests(SynchronousTestCase):
+    """
+    --log-format json writes one JSON object per event with stable fields.
+    """
+
+    def test_foreground(self) -> None:
+        """In the foreground every line of output is a JSON event, named and with its fields."""
+        server = Twistd(
+            self,
+            "tcpcomm",
+            "server",
+            "-p",
+            "0",
+            "-i",
+            "127.0.0.1",
+            "--reply-delay",
+            "0",
+            "--log-format",
+            "json",
+        )
+        port = int(
+            server.waitFor(r'"event": "listening".*"address": "127\.0\.0\.1:(\d+)"').group(1)
+        )
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+            sock.sendall("héllo\n".encode())
+            sock.shutdown(socket.SHUT_WR)
+            readUntilClosed(sock)
+        server.waitFor(r'"event": "lost"')
+        self.assertIn(server.stop(), STOPPED)
+        events = jsonLines(server.output())
+        for event in events:
+            self.assertTrue({"time", "level", "namespace", "event", "text"} <= set(event), event)
+        byName = {e["event"]: e for e in events}
+        self.assertEqual(byName["message"]["message"], "héllo")
+        self.assertRegex(byName["message"]["peer"], r"^127\.0\.0\.1:\d+$")
+        self.assertEqual(byName["connected"]["peer"], byName["message"]["peer"])
+        self.assertIn("closed cleanly", byName["lost"]["reason"])
+        self.assertEqual(byName["lost"]["level"], "info")
+        self.assertRegex(byName["lost"]["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
+
+    def test_daemonLogfile(self) -> None:
+        """Daemonized, the JSON lines go to --logfile."""
+        folder = scratch(self)
+        pidfile, logfile = os.path.join(folder, "s.pid"), os.path.join(folder, "s.log")
+        result = run(
+            self,
+            "--pidfile",
+            pidfile,
+            "--logfile",
+            logfile,
+            "tcpcomm",
+            "server",
+            "-p",
+            "0",
+            "-i",
+            "127.0.0.1",
+            "--log-format",
+            "json",
+        )
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        pid = readPid(pidfile)
+        self.addCleanup(stopDaemon, pidfile, pid)
+        waitForFile(logfile, r'"event": "listening"')
+        stopDaemon(pidfile, pid)
+        waitForFile(logfile, r"Server Shut Down")
+        with open(logfile) as f:
+            events = jsonLines(f.read())
+        self.assertIn("listening", [e["event"] for e in events])
