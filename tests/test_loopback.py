@@ -5,14 +5,23 @@ talking over real loopback sockets in this process's reactor.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Generator
 from typing import Any, cast
 
 from twisted.internet import reactor
+from twisted.internet.address import IPv6Address
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import (
+    IHostnameResolver,
+    IHostResolution,
+    IReactorPluggableNameResolver,
+    IResolutionReceiver,
+)
 from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
+from zope.interface import implementer
 
 from tcpcomm.options import Options
 from tcpcomm.tap import makeService
@@ -81,3 +90,79 @@ class LoopbackTests(TestCase):
         yield until(lambda: len(self.said("lost")) >= 2)
         yield server.stopService()
         self.assertEqual([e for e in self.events if e.get("isError") or e.get("log_failure")], [])
+
+
+@implementer(IHostResolution)
+class HostResolution:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def cancel(self) -> None:
+        pass
+
+
+@implementer(IHostnameResolver)
+class IPv6OnlyResolver:
+    """
+    A resolver that knows one name, which resolves to ::1 only.
+    """
+
+    name = "tcpcomm-ipv6.test"
+
+    def resolveHostName(
+        self,
+        resolutionReceiver: IResolutionReceiver,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Any = None,
+        transportSemantics: str = "TCP",
+    ) -> IResolutionReceiver:
+        resolutionReceiver.resolutionBegan(HostResolution(hostName))
+        if hostName == self.name:
+            resolutionReceiver.addressResolved(IPv6Address("TCP", "::1", portNumber))
+        resolutionReceiver.resolutionComplete()
+        return resolutionReceiver
+
+
+class IPv6NameTests(TestCase):
+    """
+    --host takes a name that resolves to an IPv6 address only.
+    """
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        try:
+            with socket.socket(socket.AF_INET6) as s:
+                s.bind(("::1", 0))
+        except OSError as e:
+            raise SkipTest(f"no IPv6 loopback here: {e}") from None
+        self.events: list[LogEvent] = []
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        pluggable = cast(IReactorPluggableNameResolver, reactor)
+        previous = pluggable.installNameResolver(IPv6OnlyResolver())
+        self.addCleanup(pluggable.installNameResolver, previous)
+
+    @inlineCallbacks
+    def test_nameResolvingToIPv6(self) -> Generator[Deferred[Any], Any, None]:
+        """A client given a name that resolves to ::1 reaches a server listening on ::1 only."""
+        server = build("server", "--port", "0", "--interface", "::1", "--reply-delay", "0")
+        server.startService()
+        self.addCleanup(lambda: server.running and server.stopService())
+        [listening] = yield until(lambda: [e for e in self.events if e.get("event") == "listening"])
+        port = listening["address"].rsplit(":", 1)[1]
+        client = build(
+            "client", "--host", IPv6OnlyResolver.name, "--port", port, "--reply-delay", "0"
+        )
+        client.startService()
+        self.addCleanup(lambda: client.running and client.stopService())
+        [connected] = yield until(
+            lambda: [
+                e for e in self.events if e.get("event") == "connected" and "]:" + port in e["peer"]
+            ]
+        )
+        self.assertEqual(connected["peer"], f"[::1]:{port}")
+        yield client.stopService()
+        yield server.stopService()
