@@ -94,6 +94,10 @@ class LoopbackTests(TestCase):
 
 @implementer(IHostResolution)
 class HostResolution:
+    """
+    The one resolution L{IPv6OnlyResolver} makes.
+    """
+
     def __init__(self, name: str) -> None:
         self.name = name
 
@@ -116,12 +120,13 @@ class IPv6OnlyResolver:
         portNumber: int = 0,
         addressTypes: Any = None,
         transportSemantics: str = "TCP",
-    ) -> IResolutionReceiver:
-        resolutionReceiver.resolutionBegan(HostResolution(hostName))
+    ) -> IHostResolution:
+        resolution = HostResolution(hostName)
+        resolutionReceiver.resolutionBegan(resolution)
         if hostName == self.name:
             resolutionReceiver.addressResolved(IPv6Address("TCP", "::1", portNumber))
         resolutionReceiver.resolutionComplete()
-        return resolutionReceiver
+        return resolution
 
 
 class IPv6NameTests(TestCase):
