@@ -7,6 +7,7 @@ else C{--logfile}, default C{twistd.log}, rotated as twistd rotates it).
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -76,8 +77,24 @@ def jsonObserver() -> ILogObserver:
     if logfile == "-" or (nodaemon and not logfile):
         out = sys.stdout
     else:
-        out = LogFile.fromFullPath(logfile or "twistd.log")
+        rotating = LogFile.fromFullPath(logfile or "twistd.log")
+        _rotateOnSIGUSR1(rotating)
+        out = rotating
     return FileLogObserver(out, formatJSONLine)
+
+
+def _rotateOnSIGUSR1(logFile: LogFile) -> None:
+    """
+    Rotate C{logFile} on SIGUSR1, as twistd does for its text log.
+    """
+    if signal.getsignal(signal.SIGUSR1) in (None, signal.SIG_DFL):
+
+        def rotate(signum: int, frame: object) -> None:
+            from twisted.internet import reactor
+
+            reactor.callFromThread(logFile.rotate)  # type: ignore[attr-defined]
+
+        signal.signal(signal.SIGUSR1, rotate)
 
 
 def useJSON(twistdOptions: Any) -> None:
