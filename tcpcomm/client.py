@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tcpcomm.interfaces import IConversation, IPeer
+from tcpcomm.hub import Hub
 from tcpcomm.protocol import FramedProtocol, MessageFactory
 
 log = Logger()
@@ -75,27 +75,55 @@ class RetryPolicy:
             self._connectedAt = None
 
 
+class ClientStatus:
+    """
+    How the client's connection is doing, for C{GET /status} and the metrics.
+
+    @ivar server: the server, as the options named it.
+    @ivar connections: connections made so far (each after the first is a
+        reconnection).
+    @ivar failedAttempts: connection attempts that failed.
+    @ivar lastError: why the last attempt failed or the last connection
+        ended, if one did.
+    """
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+        self.connections = 0
+        self.failedAttempts = 0
+        self.lastError: str | None = None
+
+    @property
+    def reconnects(self) -> int:
+        return max(self.connections - 1, 0)
+
+
 class ClientFactory(MessageFactory):
     """
-    A L{MessageFactory} that tells the retry policy when connections come and go.
+    A L{MessageFactory} that tells the retry policy and the status when
+    connections come and go.
     """
 
     def __init__(
         self,
         protocol: type[FramedProtocol],
-        conversationFor: Callable[[IPeer], IConversation],
+        hub: Hub,
         maxMessageSize: int,
         retryPolicy: RetryPolicy,
+        status: ClientStatus,
     ) -> None:
-        super().__init__(protocol, conversationFor, maxMessageSize)
+        super().__init__(protocol, hub, maxMessageSize)
         self.retryPolicy = retryPolicy
+        self.status = status
 
     def peerConnected(self, peer: FramedProtocol) -> None:
         self.retryPolicy.connected()
+        self.status.connections += 1
         super().peerConnected(peer)
 
     def peerLost(self, peer: FramedProtocol, reason: Failure) -> None:
         self.retryPolicy.disconnected()
+        self.status.lastError = reason.getErrorMessage()
         super().peerLost(peer, reason)
 
 
@@ -103,25 +131,27 @@ class ClientFactory(MessageFactory):
 class LoggingEndpoint:
     """
     A client endpoint that logs each failed attempt with its reason, which
-    L{ClientService} does not.
+    L{ClientService} does not, and notes it in the status.
     """
 
-    def __init__(self, endpoint: IStreamClientEndpoint, description: str) -> None:
+    def __init__(self, endpoint: IStreamClientEndpoint, status: ClientStatus) -> None:
         self._endpoint = endpoint
-        self._description = description
+        self._status = status
 
     def __repr__(self) -> str:
-        return self._description
+        return self._status.server
 
     def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         def failed(reason: Failure) -> Failure:
             if reason.check(CancelledError, ConnectingCancelledError):  # stopping
                 return reason
+            self._status.failedAttempts += 1
+            self._status.lastError = reason.getErrorMessage()
             log.warn(
                 "cannot connect to {server}: {reason}",
                 event="connect-failed",
-                server=self._description,
-                reason=reason.getErrorMessage(),
+                server=self._status.server,
+                reason=self._status.lastError,
             )
             return reason
 
@@ -129,16 +159,13 @@ class LoggingEndpoint:
 
 
 def makeClientService(
-    endpoint: IStreamClientEndpoint,
-    description: str,
-    factory: ClientFactory,
-    clock: IReactorTime,
+    endpoint: IStreamClientEndpoint, factory: ClientFactory, clock: IReactorTime
 ) -> ClientService:
     """
     A service that keeps one connection to C{endpoint} for as long as it runs.
     """
     return ClientService(
-        LoggingEndpoint(endpoint, description),
+        LoggingEndpoint(endpoint, factory.status),
         factory,
         retryPolicy=factory.retryPolicy,
         clock=clock,

@@ -44,6 +44,7 @@ class NetstringFraming(FramedProtocol, NetstringReceiver):
             return
         NetstringReceiver.dataReceived(self, data)
         if self.brokenPeer:
+            self.factory.hub.stats.framingErrors += 1
             log.warn(
                 "disconnecting {peer}: not a netstring, or one longer than "
                 "--max-message-size {limit}",

@@ -12,6 +12,7 @@ class IPeer(Interface):
     """
 
     id = Attribute("A stable text id of the peer, such as C{'127.0.0.1:40522'}.")
+    tlsSubject = Attribute("Common name of the peer's TLS certificate, or L{None}.")
 
     def sendMessage(message: bytes) -> None:
         """
@@ -53,4 +54,89 @@ class IConversation(Interface):
     def disconnected(reason: Failure) -> None:
         """
         The connection is gone; nothing may be sent any more.
+        """
+
+
+class ISession(Interface):
+    """
+    One connection as a handler sees it: text in and out, and how it is doing.
+    """
+
+    id = Attribute("The peer's stable text id, such as C{'127.0.0.1:40522'}.")
+    tlsSubject = Attribute("Common name of the peer's TLS certificate, or L{None}.")
+    since = Attribute("When the connection was made, in seconds since the epoch.")
+
+    def send(text: str) -> None:
+        """
+        Send C{text} now, encoded with C{--encoding}.
+
+        @raise UnicodeEncodeError: if the encoding cannot carry C{text}.
+        """
+
+    def sendBytes(message: bytes) -> None:
+        """
+        Send an already encoded message now.
+        """
+
+    def sendLater(delay: float, message: bytes) -> None:
+        """
+        Send the encoded C{message} after C{delay} seconds. It is owed: a peer
+        that stops sending still gets it before the connection closes, and it
+        is dropped if the connection is lost first.
+        """
+
+    def close() -> None:
+        """
+        Close the connection once what was sent has been written.
+        """
+
+
+class IHub(Interface):
+    """
+    What a handler may do beyond one connection: reach the others.
+    """
+
+    clock = Attribute("The L{IReactorTime} to read and schedule time with.")
+    texts = Attribute("The side's L{tcpcomm.hub.Texts}: greeting, replies, delay.")
+
+    def sessions() -> list[ISession]:
+        """
+        Every connected session.
+        """
+
+    def get(sessionId: str) -> ISession | None:
+        """
+        The session with id C{sessionId}, if connected.
+        """
+
+    def broadcast(text: str, exclude: ISession | None = None) -> int:
+        """
+        Send C{text} to every session but C{exclude}; return how many got it.
+        """
+
+
+class IHandler(Interface):
+    """
+    The conversation logic of one side, chosen with C{--handler}.
+
+    A handler is made once per process by a factory called with the
+    L{IHub}. Its methods are called in the reactor thread and must not
+    block; an exception they raise is logged with its traceback, and the
+    connection and the process carry on.
+    """
+
+    def connected(session: ISession) -> None:
+        """
+        A connection is up.
+        """
+
+    def messageReceived(session: ISession, text: str) -> None:
+        """
+        C{session}'s peer sent C{text} (already decoded; bytes that do not
+        decode are answered with C{--error-reply} and never get here).
+        """
+
+    def disconnected(session: ISession, reason: Failure) -> None:
+        """
+        The connection is gone.
         """

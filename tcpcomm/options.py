@@ -16,6 +16,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 
 from tcpcomm.framing import FRAMINGS
+from tcpcomm.handlers import HandlerNotFound, findHandler
 from tcpcomm.logs import useJSON
 from tcpcomm.templates import Template, TemplateError
 from tcpcomm.tls import TLSFileError, clientCreator, serverOptions
@@ -109,6 +110,14 @@ class _CommonOptions(usage.Options):
             _number("--max-message-size", int, 1, 2**31 - 1),
         ],
         [
+            "handler",
+            None,
+            "delayed-reply",
+            "What to do with messages: delayed-reply (answer after --reply-delay), echo, "
+            "broadcast (to every other peer), chat (the same, after the sender's id), or "
+            "package.module:factory for your own.",
+        ],
+        [
             "log-format",
             None,
             "text",
@@ -122,6 +131,11 @@ class _CommonOptions(usage.Options):
             twistd = self._twistdOptions()
             if twistd is not None:
                 useJSON(twistd)
+        if isinstance(self["handler"], str):
+            try:
+                self["handler"] = findHandler(self["handler"])
+            except HandlerNotFound as e:
+                raise usage.UsageError(str(e)) from None
         encoding = self["encoding"]
         if self["framing"] == "line" and "\n".encode(encoding) != b"\n":
             raise usage.UsageError(

@@ -5,7 +5,7 @@ L{IPeer} face a conversation talks to.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import (
     IAddress,
@@ -19,8 +19,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcpcomm.interfaces import IConversation, IPeer
-from tcpcomm.registry import PeerRegistry
 from tcpcomm.tls import subjectName
+
+if TYPE_CHECKING:
+    from tcpcomm.hub import Hub
 
 log = Logger()
 
@@ -65,6 +67,7 @@ class FramedProtocol(Protocol):
         """
         The peer sent a message over the limit: say so and hang up on it.
         """
+        self.factory.hub.stats.oversized += 1
         log.warn(
             "disconnecting {peer}: message of {size} bytes or more exceeds "
             "--max-message-size {limit}",
@@ -95,17 +98,10 @@ class MessageFactory(Factory[FramedProtocol]):
     protocol: type[FramedProtocol]
     noisy = False
 
-    def __init__(
-        self,
-        protocol: type[FramedProtocol],
-        conversationFor: Callable[[IPeer], IConversation],
-        maxMessageSize: int,
-        registry: PeerRegistry | None = None,
-    ) -> None:
+    def __init__(self, protocol: type[FramedProtocol], hub: Hub, maxMessageSize: int) -> None:
         self.protocol = protocol
-        self.conversationFor = conversationFor
+        self.hub = hub
         self.maxMessageSize = maxMessageSize
-        self.registry = PeerRegistry() if registry is None else registry
 
     def buildProtocol(self, addr: IAddress | None) -> FramedProtocol:
         p = self.protocol()
@@ -115,11 +111,10 @@ class MessageFactory(Factory[FramedProtocol]):
 
     def peerConnected(self, peer: FramedProtocol) -> None:
         """
-        Name, register and log a new connection, and start its conversation.
+        Name and log a new connection, and give it its conversation.
         """
-        peer.id = self.registry.idFor(peer.transport.getPeer())
-        peer.conversation = self.conversationFor(peer)
-        self.registry.add(peer)
+        peer.id = self.hub.registry.idFor(peer.transport.getPeer())
+        peer.conversation = self.hub.conversationFor(peer)
         log.info("connected {peer}", event="connected", peer=peer.id)
 
     def peerSecured(self, peer: FramedProtocol) -> None:
@@ -138,9 +133,8 @@ class MessageFactory(Factory[FramedProtocol]):
 
     def peerLost(self, peer: FramedProtocol, reason: Failure) -> None:
         """
-        Forget and log a connection that went away.
+        Log a connection that went away.
         """
-        self.registry.remove(peer)
         if not peer.secured and hasattr(peer.transport, "getPeerCertificate"):
             log.warn(
                 "TLS handshake with {peer} failed: {reason}",

@@ -1,15 +1,17 @@
-"""Who is connected right now: one registry per server, owned by its factory."""
+"""Who is connected right now: one registry per side, owned by its hub."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from itertools import count
+from typing import TYPE_CHECKING
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress
 
-from tcpcomm.interfaces import IPeer
+if TYPE_CHECKING:
+    from tcpcomm.session import Session
 
 
 def addressText(address: IAddress) -> str:
@@ -29,11 +31,11 @@ def addressText(address: IAddress) -> str:
 
 class PeerRegistry:
     """
-    The connected peers by id, and a way to wait until none are left.
+    The connected sessions by id, and a way to wait until none are left.
     """
 
     def __init__(self) -> None:
-        self._peers: dict[str, IPeer] = {}
+        self._peers: dict[str, Session] = {}
         self._serials = count(1)
         self._emptyWaiters: list[Deferred[None]] = []
 
@@ -48,13 +50,13 @@ class PeerRegistry:
         kind = "unix" if isinstance(address, UNIXAddress) else type(address).__name__.lower()
         return f"{kind}#{next(self._serials)}"
 
-    def add(self, peer: IPeer) -> None:
+    def add(self, peer: Session) -> None:
         """
         Remember C{peer} under its id.
         """
         self._peers[peer.id] = peer
 
-    def remove(self, peer: IPeer) -> None:
+    def remove(self, peer: Session) -> None:
         """
         Forget C{peer}; wake whoever waits for the registry to empty.
         """
@@ -65,7 +67,7 @@ class PeerRegistry:
             for waiter in waiters:
                 waiter.callback(None)
 
-    def get(self, peerId: str) -> IPeer | None:
+    def get(self, peerId: str) -> Session | None:
         """
         The peer with id C{peerId}, if connected.
         """
@@ -87,5 +89,5 @@ class PeerRegistry:
     def __contains__(self, peerId: object) -> bool:
         return peerId in self._peers
 
-    def __iter__(self) -> Iterator[IPeer]:
+    def __iter__(self) -> Iterator[Session]:
         return iter(list(self._peers.values()))

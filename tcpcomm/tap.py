@@ -19,41 +19,42 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint, IStreamServerEndpoint
 
-from tcpcomm.client import ClientFactory, RetryPolicy, makeClientService
-from tcpcomm.conversation import Script
+from tcpcomm.client import ClientFactory, ClientStatus, RetryPolicy, makeClientService
 from tcpcomm.framing import FRAMINGS
+from tcpcomm.hub import Hub, Texts
 from tcpcomm.options import ClientOptions, Options, ServerOptions
 from tcpcomm.protocol import MessageFactory
-from tcpcomm.registry import PeerRegistry
 from tcpcomm.server import makeServerService
 
 __all__ = ["Options", "makeService"]
 
 
-def _script(options: ServerOptions | ClientOptions, clock: IReactorTime, greeting: bool) -> Script:
-    return Script(
-        clock=clock,
+def makeHub(options: ServerOptions | ClientOptions, clock: IReactorTime, client: bool) -> Hub:
+    """
+    The hub of one side: its texts and its handler.
+    """
+    texts = Texts(
         encoding=options["encoding"],
         replyDelay=options["reply-delay"],
         reply=options["reply"],
         errorReply=options["error-reply"],
-        greeting=options["greeting"] if greeting else None,
+        greeting=options["greeting"] if client else None,
     )
+    return Hub(clock, texts, options["handler"])
 
 
 def makeServer(options: ServerOptions, reactor: Any) -> MultiService:
     """
-    The server: its listeners, and a registry of its peers.
+    The server: its listeners, and the hub of its peers.
     """
-    registry = PeerRegistry()
-    factory = MessageFactory(
-        FRAMINGS[options["framing"]],
-        _script(options, reactor, greeting=False).conversationFor,
-        options["max-message-size"],
-        registry,
-    )
+    hub = makeHub(options, reactor, client=False)
+    factory = MessageFactory(FRAMINGS[options["framing"]], hub, options["max-message-size"])
     return makeServerService(
-        serverEndpoints(options, reactor), factory, registry, reactor, options["shutdown-timeout"]
+        serverEndpoints(options, reactor),
+        factory,
+        hub.registry,
+        reactor,
+        options["shutdown-timeout"],
     )
 
 
@@ -93,12 +94,13 @@ def makeClient(options: ClientOptions, reactor: Any) -> MultiService:
     )
     factory = ClientFactory(
         FRAMINGS[options["framing"]],
-        _script(options, reactor, greeting=True).conversationFor,
+        makeHub(options, reactor, client=True),
         options["max-message-size"],
         policy,
+        ClientStatus(description),
     )
     top = MultiService()
-    makeClientService(endpoint, description, factory, reactor).setServiceParent(top)
+    makeClientService(endpoint, factory, reactor).setServiceParent(top)
     return top
 
 

@@ -2,37 +2,52 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tcpcomm.conversation import Script
 from tcpcomm.framing import FRAMINGS
+from tcpcomm.handlers import DelayedReply, HandlerFactory
+from tcpcomm.hub import Hub, Texts
 from tcpcomm.interfaces import IConversation, IPeer
 from tcpcomm.protocol import FramedProtocol, MessageFactory
-from tcpcomm.registry import PeerRegistry
 from tcpcomm.templates import Template
 
 # 2026-11-28 12:00:00 in whatever zone the tests run: only the shape is checked.
 NOON = 1795867200.0
 
 
-def makeScript(
-    clock: Clock, delay: float = 5.0, encoding: str = "utf-8", greeting: str | None = None
-) -> Script:
+def makeHub(
+    clock: Clock,
+    delay: float = 5.0,
+    encoding: str = "utf-8",
+    greeting: str | None = None,
+    handler: HandlerFactory = DelayedReply,
+) -> Hub:
     """
-    A script with short, recognisable texts.
+    A hub with short, recognisable texts.
     """
-    return Script(
-        clock=clock,
+    texts = Texts(
         encoding=encoding,
         replyDelay=delay,
         reply=Template("reply {time}", encoding),
         errorReply=Template("error {time}", encoding),
         greeting=None if greeting is None else Template(greeting, encoding),
     )
+    return Hub(clock, texts, handler)
+
+
+class RecordingHub(Hub):
+    """
+    A hub whose connections only record what happens to them.
+    """
+
+    def conversationFor(self, peer: IPeer) -> Recorder:  # type: ignore[override]
+        return Recorder(peer)
 
 
 @implementer(IConversation)
@@ -65,17 +80,22 @@ def connect(
     maxMessageSize: int = 65536,
     port: int = 40000,
     clock: Clock | None = None,
-    registry: PeerRegistry | None = None,
+    hub: Hub | None = None,
     record: bool = False,
 ) -> tuple[FramedProtocol, StringTransport, Clock, MessageFactory]:
     """
-    A server-side protocol of C{framing}, connected to a L{StringTransport}
-    whose peer is C{127.0.0.1:port}.
+    A server-side protocol of C{framing} on C{hub} (a new one by default),
+    connected to a L{StringTransport} whose peer is C{127.0.0.1:port}.
     """
-    clock = Clock() if clock is None else clock
-    clock.advance(NOON)
-    conversationFor = Recorder if record else makeScript(clock, delay).conversationFor
-    factory = MessageFactory(FRAMINGS[framing], conversationFor, maxMessageSize, registry)
+    if clock is None:
+        clock = cast(Clock, hub.clock) if hub is not None else Clock()
+    if clock.seconds() == 0:
+        clock.advance(NOON)
+    if hub is None:
+        hub = makeHub(clock, delay)
+        if record:
+            hub = RecordingHub(clock, hub.texts, DelayedReply)
+    factory = MessageFactory(FRAMINGS[framing], hub, maxMessageSize)
     protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
     protocol.makeConnection(transport)

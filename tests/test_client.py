@@ -12,10 +12,10 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from tcpcomm.client import ClientFactory, RetryPolicy, makeClientService
+from tcpcomm.client import ClientFactory, ClientStatus, RetryPolicy, makeClientService
 from tcpcomm.framing import LineFraming
 
-from .support import NOON, makeScript
+from .support import NOON, makeHub
 
 
 def delays(policy: RetryPolicy, count: int) -> list[float]:
@@ -76,12 +76,13 @@ class ClientServiceTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         self.reactor.advance(NOON)
         self.policy = RetryPolicy(self.reactor, 1, 30, 10, random=lambda: 1.0)
-        script = makeScript(self.reactor, greeting="hello {time}")
-        self.factory = ClientFactory(LineFraming, script.conversationFor, 1024, self.policy)
+        hub = makeHub(self.reactor, greeting="hello {time}")
+        self.status = ClientStatus("127.0.0.1:9527")
+        self.factory = ClientFactory(LineFraming, hub, 1024, self.policy, self.status)
         from twisted.internet.endpoints import TCP4ClientEndpoint
 
         endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", 9527)
-        self.service = makeClientService(endpoint, "127.0.0.1:9527", self.factory, self.reactor)
+        self.service = makeClientService(endpoint, self.factory, self.reactor)
 
     def refuse(self) -> None:
         """Refuse the latest connection attempt."""

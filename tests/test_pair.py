@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
-from tcpcomm.client import ClientFactory, RetryPolicy
-from tcpcomm.conversation import DelayedReply, Script
+from tcpcomm.client import ClientFactory, ClientStatus, RetryPolicy
 from tcpcomm.framing import FRAMINGS
-from tcpcomm.interfaces import IPeer
+from tcpcomm.handlers import DelayedReply
+from tcpcomm.hub import Hub, Texts
+from tcpcomm.interfaces import IHandler, ISession
 from tcpcomm.protocol import MessageFactory
 from tcpcomm.templates import Template
 
@@ -25,25 +26,23 @@ class PairTests(SynchronousTestCase):
         clock = Clock()
         heard: dict[str, list[str]] = {"server": [], "client": []}
 
-        def script(side: str, greeting: str | None) -> Script:
-            return HearingScript(
-                heard[side],
-                clock=clock,
+        def hub(side: str, greeting: str | None) -> Hub:
+            texts = Texts(
                 encoding="utf-8",
                 replyDelay=5,
                 reply=Template(f"{side} reply", "utf-8"),
                 errorReply=Template(f"{side} error", "utf-8"),
                 greeting=None if greeting is None else Template(greeting, "utf-8"),
             )
+            return Hub(clock, texts, lambda hub: Hearing(DelayedReply(hub), heard[side]))
 
-        serverFactory = MessageFactory(
-            FRAMINGS[framing], script("server", None).conversationFor, 1000
-        )
+        serverFactory = MessageFactory(FRAMINGS[framing], hub("server", None), 1000)
         clientFactory = ClientFactory(
             FRAMINGS[framing],
-            script("client", "hello").conversationFor,
+            hub("client", "hello"),
             1000,
             RetryPolicy(clock, 1, 30, 10),
+            ClientStatus("server"),
         )
         server, client, pump = connectedServerAndClient(
             lambda: serverFactory.buildProtocol(None),
@@ -51,7 +50,7 @@ class PairTests(SynchronousTestCase):
             clock=clock,
         )
         pump.flush(advanceClock=False)
-        self.assertEqual(len(serverFactory.registry), 1)
+        self.assertEqual(len(serverFactory.hub.registry), 1)
         for _ in range(4):
             clock.advance(5)
             pump.flush(advanceClock=False)
@@ -65,26 +64,22 @@ class PairTests(SynchronousTestCase):
             self.assertEqual(client, ["server reply", "server reply"], framing)
 
 
-class HearingScript(Script):
+@implementer(IHandler)
+class Hearing:
     """
-    A script whose conversations also note each message they hear.
+    A handler that notes what it hears, then lets another handle it.
     """
 
-    def __init__(self, heard: list[str], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, inner: IHandler, heard: list[str]) -> None:
+        self.inner = inner
         self.heard = heard
 
-    def conversationFor(self, peer: IPeer) -> DelayedReply:
-        return HearingReply(self, peer)
+    def connected(self, session: ISession) -> None:
+        self.inner.connected(session)
 
+    def messageReceived(self, session: ISession, text: str) -> None:
+        self.heard.append(text)
+        self.inner.messageReceived(session, text)
 
-class HearingReply(DelayedReply):
-    """
-    A L{DelayedReply} that notes what it hears.
-    """
-
-    _script: HearingScript
-
-    def messageReceived(self, message: bytes) -> None:
-        self._script.heard.append(message.decode())
-        super().messageReceived(message)
+    def disconnected(self, session: ISession, reason: Failure) -> None:
+        self.inner.disconnected(session, reason)

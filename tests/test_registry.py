@@ -1,16 +1,17 @@
-"""Tests for L{tcpcomm.registry} and how the factory keeps it."""
+"""Tests for L{tcpcomm.registry} and how the hub keeps it."""
 
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tcpcomm.registry import PeerRegistry
 
-from .support import connect
+from .support import connect, makeHub
 
 
 class PeerIdTests(SynchronousTestCase):
@@ -37,19 +38,22 @@ class PeerIdTests(SynchronousTestCase):
 
 class RegistryTests(SynchronousTestCase):
     """
-    The factory's registry holds exactly the connected peers.
+    The hub's registry holds exactly the connected peers.
     """
 
     def test_addAndRemove(self) -> None:
         """A peer is registered on connect, logged, and forgotten and logged on disconnect."""
-        registry = PeerRegistry()
+        hub = makeHub(Clock())
+        registry = hub.registry
         with capturedLogs() as events:
-            one, _, clock, factory = connect(port=1, registry=registry)
-            two, _, _, _ = connect(port=2, registry=registry, clock=clock)
-        self.assertIs(factory.registry, registry)
+            one, _, _, factory = connect(port=1, hub=hub)
+            two, _, _, _ = connect(port=2, hub=hub)
+        self.assertIs(factory.hub, hub)
         self.assertEqual(len(registry), 2)
         self.assertIn("127.0.0.1:1", registry)
-        self.assertIs(registry.get("127.0.0.1:2"), two)
+        session = registry.get("127.0.0.1:2")
+        assert session is not None
+        self.assertIs(session.peer, two)
         self.assertEqual([e["log_format"] for e in events], ["connected {peer}"] * 2)
         with capturedLogs() as events:
             one.connectionLost(Failure(ConnectionDone("bye")))
@@ -58,18 +62,19 @@ class RegistryTests(SynchronousTestCase):
         self.assertEqual(events[0]["peer"], "127.0.0.1:1")
         self.assertIn("bye", events[0]["reason"])
 
-    def test_registryPerFactory(self) -> None:
-        """Two factories do not share peers (no class-level state)."""
+    def test_registryPerHub(self) -> None:
+        """Two hubs do not share peers (no class-level state)."""
         one, _, _, factoryOne = connect(port=1)
         two, _, _, factoryTwo = connect(port=2)
-        self.assertEqual(list(factoryOne.registry), [one])
-        self.assertEqual(list(factoryTwo.registry), [two])
+        self.assertEqual([s.peer for s in factoryOne.hub.registry], [one])
+        self.assertEqual([s.peer for s in factoryTwo.hub.registry], [two])
 
     def test_whenEmpty(self) -> None:
         """whenEmpty fires once the last peer is gone, and at once when none is there."""
-        registry = PeerRegistry()
+        hub = makeHub(Clock())
+        registry = hub.registry
         self.successResultOf(registry.whenEmpty())
-        peer, _, _, _ = connect(registry=registry)
+        peer, _, _, _ = connect(hub=hub)
         waiting = registry.whenEmpty()
         self.assertNoResult(waiting)
         peer.connectionLost(Failure(ConnectionDone()))

@@ -18,7 +18,7 @@ from zope.interface import implementer
 from tcpcomm.registry import PeerRegistry
 from tcpcomm.server import DisconnectAllService, listeningService, makeServerService
 
-from .support import connect
+from .support import connect, makeHub
 
 
 class DisconnectAllServiceTests(SynchronousTestCase):
@@ -28,9 +28,10 @@ class DisconnectAllServiceTests(SynchronousTestCase):
 
     def test_closesEveryPeer(self) -> None:
         """Every peer is told to close; the stop completes when all are gone."""
-        registry = PeerRegistry()
         clock = Clock()
-        peers = [connect(port=p, registry=registry, clock=clock) for p in (1, 2)]
+        hub = makeHub(clock)
+        registry = hub.registry
+        peers = [connect(port=p, hub=hub) for p in (1, 2)]
         service = DisconnectAllService(registry, clock, timeout=10)
         service.startService()
         stopped = service.stopService()
@@ -44,9 +45,10 @@ class DisconnectAllServiceTests(SynchronousTestCase):
 
     def test_abortsAfterTimeout(self) -> None:
         """A peer still there after the timeout is aborted."""
-        registry = PeerRegistry()
         clock = Clock()
-        protocol, transport, _, _ = connect(registry=registry, clock=clock)
+        hub = makeHub(clock)
+        registry = hub.registry
+        protocol, transport, _, _ = connect(hub=hub)
         service = DisconnectAllService(registry, clock, timeout=10)
         service.startService()
         stopped = service.stopService()
@@ -99,8 +101,8 @@ class MakeServerServiceTests(SynchronousTestCase):
     def test_listensOnStartOnly(self) -> None:
         """Nothing listens until the service starts; then every description is listened on."""
         reactor = MemoryReactorClock()
-        registry = PeerRegistry()
-        _, _, _, factory = connect(registry=registry)
+        _, _, _, factory = connect()
+        registry = factory.hub.registry
         service = makeServerService(
             listeners(reactor, "tcp:9527:interface=127.0.0.1:backlog=7", "tcp:9528"),
             factory,
@@ -122,8 +124,8 @@ class MakeServerServiceTests(SynchronousTestCase):
     def test_stopClosesPeersAfterListeners(self) -> None:
         """Stopping stops the listeners first (MultiService stops in reverse), then closes peers."""
         reactor = MemoryReactorClock()
-        registry = PeerRegistry()
-        protocol, transport, _, factory = connect(registry=registry)
+        protocol, transport, _, factory = connect()
+        registry = factory.hub.registry
         service = makeServerService(listeners(reactor, "tcp:9527"), factory, registry, reactor, 10)
         children = list(service)
         self.assertIsInstance(children[0], DisconnectAllService)

@@ -1,17 +1,18 @@
-"""Tests for L{tcpcomm.conversation}: timed replies on a clock, never blocking."""
+"""Tests for L{tcpcomm.session} with the default handler: timed replies on a clock."""
 
 from __future__ import annotations
 
 import time
 
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tcpcomm.templates import TIME_FORMAT
 
-from .support import NOON, connect
+from .support import NOON, connect, makeHub
 
 
 def stamp(seconds: float) -> bytes:
@@ -126,25 +127,12 @@ class DelayedReplyTests(SynchronousTestCase):
 
 class GreetingTests(SynchronousTestCase):
     """
-    A script with a greeting (the client's) says it on connect.
+    A hub with a greeting (the client's) says it on connect.
     """
 
     def test_greetingOnConnect(self) -> None:
         """The greeting, with the connect time, is the first thing sent."""
-        from twisted.internet.address import IPv4Address
-        from twisted.internet.task import Clock
-        from twisted.internet.testing import StringTransport
-
-        from tcpcomm.framing import LineFraming
-        from tcpcomm.protocol import MessageFactory
-
-        from .support import makeScript
-
         clock = Clock()
         clock.advance(NOON)
-        script = makeScript(clock, greeting="hello {time}")
-        factory = MessageFactory(LineFraming, script.conversationFor, 100)
-        protocol = factory.buildProtocol(None)
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 9527))
-        protocol.makeConnection(transport)
+        protocol, transport, _, _ = connect(hub=makeHub(clock, greeting="hello {time}"))
         self.assertEqual(transport.value(), b"hello " + stamp(NOON) + b"\n")

@@ -1,0 +1,152 @@
+"""
+The hub of one side: its sessions, its handler, its texts and its numbers.
+Handlers reach other sessions through it; the admin API reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from tcpcomm.interfaces import IHandler, IHub, IPeer, ISession
+from tcpcomm.registry import PeerRegistry
+from tcpcomm.session import Session
+from tcpcomm.templates import Template
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class Texts:
+    """
+    What a side says: C{--encoding}, C{--reply-delay}, C{--reply},
+    C{--error-reply} and (the client's) C{--greeting}.
+    """
+
+    encoding: str
+    replyDelay: float
+    reply: Template
+    errorReply: Template
+    greeting: Template | None = None
+
+
+class Stats:
+    """
+    Running totals for the metrics; plain integers, since every message
+    passes through here.
+    """
+
+    __slots__ = (
+        "connectionsTotal",
+        "messagesIn",
+        "messagesOut",
+        "bytesIn",
+        "bytesOut",
+        "decodeErrors",
+        "oversized",
+        "framingErrors",
+        "handlerErrors",
+    )
+
+    def __init__(self) -> None:
+        self.connectionsTotal = 0
+        self.messagesIn = 0
+        self.messagesOut = 0
+        self.bytesIn = 0
+        self.bytesOut = 0
+        self.decodeErrors = 0
+        self.oversized = 0
+        self.framingErrors = 0
+        self.handlerErrors = 0
+
+
+#: A watcher of the traffic: called with C{("in"|"out", session, text)}.
+Watcher = Callable[[str, ISession, str], None]
+
+
+@implementer(IHub)
+class Hub:
+    """
+    Sessions, handler and numbers of one side (a server, or a client).
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        texts: Texts,
+        handlerFactory: Callable[[IHub], IHandler],
+    ) -> None:
+        self.clock = clock
+        self.texts = texts
+        self.registry = PeerRegistry()
+        self.stats = Stats()
+        self.watchers: list[Watcher] = []
+        self.handler = handlerFactory(self)
+
+    def conversationFor(self, peer: IPeer) -> Session:
+        """
+        The conversation of a new connection (for L{MessageFactory}).
+        """
+        return Session(self, peer)
+
+    # Called by sessions.
+
+    def sessionStarted(self, session: Session) -> None:
+        self.registry.add(session)
+        self.stats.connectionsTotal += 1
+        self._call("connected", session)
+
+    def messageReceived(self, session: Session, text: str) -> None:
+        if self.watchers:
+            self._notify("in", session, text)
+        self._call("messageReceived", session, text)
+
+    def sessionEnded(self, session: Session, reason: Failure) -> None:
+        self.registry.remove(session)
+        self._call("disconnected", session, reason)
+
+    def _call(self, method: str, session: Session, *args: Any) -> None:
+        try:
+            getattr(self.handler, method)(session, *args)
+        except Exception:
+            self.stats.handlerErrors += 1
+            log.failure(
+                "handler {handler} failed in {method} for {peer}",
+                event="handler-error",
+                handler=type(self.handler).__name__,
+                method=method,
+                peer=session.id,
+            )
+
+    def watch(self, direction: str, session: Session, message: bytes) -> None:
+        """
+        Tell the watchers about a message sent (C{"out"}).
+        """
+        self._notify(direction, session, message.decode(self.texts.encoding, "replace"))
+
+    def _notify(self, direction: str, session: ISession, text: str) -> None:
+        for watcher in list(self.watchers):
+            watcher(direction, session, text)
+
+    # IHub: what handlers and the admin API call.
+
+    def sessions(self) -> list[ISession]:
+        return list(self.registry)
+
+    def get(self, sessionId: str) -> ISession | None:
+        return self.registry.get(sessionId)
+
+    def broadcast(self, text: str, exclude: ISession | None = None) -> int:
+        message = text.encode(self.texts.encoding)
+        sent = 0
+        for session in self.registry:
+            if session is not exclude:
+                session.sendBytes(message)
+                sent += 1
+        return sent

@@ -1,0 +1,142 @@
+"""
+One connection's conversation: decoding, counting, owed sends, and handing
+each message to the side's handler, whose failures stay its own.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from tcpcomm.interfaces import IConversation, IPeer, ISession
+
+if TYPE_CHECKING:
+    from tcpcomm.hub import Hub
+
+log = Logger()
+
+
+@implementer(IConversation, ISession)
+class Session:
+    """
+    The conversation of one connection: the framing hands it whole messages,
+    it hands decoded text to the hub's handler, and it keeps the numbers the
+    admin API shows.
+    """
+
+    __slots__ = (
+        "hub",
+        "peer",
+        "id",
+        "since",
+        "lastMessage",
+        "messagesIn",
+        "messagesOut",
+        "bytesIn",
+        "bytesOut",
+        "_owed",
+        "_inputEnded",
+    )
+
+    def __init__(self, hub: Hub, peer: IPeer) -> None:
+        self.hub = hub
+        self.peer = peer
+        self.id: str = peer.id
+        self.since = hub.clock.seconds()
+        self.lastMessage: float | None = None
+        self.messagesIn = self.messagesOut = self.bytesIn = self.bytesOut = 0
+        self._owed: deque[IDelayedCall] = deque()
+        self._inputEnded = False
+
+    @property
+    def tlsSubject(self) -> str | None:
+        return self.peer.tlsSubject
+
+    # IConversation: what the framing calls.
+
+    def connected(self) -> None:
+        self.hub.sessionStarted(self)
+
+    def messageReceived(self, message: bytes) -> None:
+        hub = self.hub
+        stats = hub.stats
+        size = len(message)
+        self.messagesIn += 1
+        self.bytesIn += size
+        stats.messagesIn += 1
+        stats.bytesIn += size
+        self.lastMessage = now = hub.clock.seconds()
+        try:
+            text = message.decode(hub.texts.encoding)
+        except UnicodeDecodeError as e:
+            stats.decodeErrors += 1
+            log.warn(
+                "undecodable message from {peer}: {data!r} ({reason})",
+                event="undecodable",
+                peer=self.id,
+                data=message,
+                reason=str(e),
+            )
+            self.sendBytes(hub.texts.errorReply.render(now))
+            return
+        log.info("message from {peer}: {text}", event="message", peer=self.id, text=text)
+        hub.messageReceived(self, text)
+
+    def inputEnded(self) -> None:
+        self._inputEnded = True
+        if not self._owed:
+            self.peer.close()
+
+    def disconnected(self, reason: Failure) -> None:
+        owed, self._owed = self._owed, deque()
+        for call in owed:
+            if call.active():
+                call.cancel()
+        self.hub.sessionEnded(self, reason)
+
+    # ISession: what handlers and the admin API call.
+
+    def send(self, text: str) -> None:
+        self.sendBytes(text.encode(self.hub.texts.encoding))
+
+    def sendBytes(self, message: bytes) -> None:
+        """
+        Send an encoded message now.
+        """
+        self.peer.sendMessage(message)
+        size = len(message)
+        self.messagesOut += 1
+        self.bytesOut += size
+        stats = self.hub.stats
+        stats.messagesOut += 1
+        stats.bytesOut += size
+        if self.hub.watchers:
+            self.hub.watch("out", self, message)
+
+    def sendLater(self, delay: float, message: bytes) -> None:
+        self._owed.append(self.hub.clock.callLater(delay, self._sendOwed, message))
+
+    def _sendOwed(self, message: bytes) -> None:
+        # Calls due at the same instant may run in any order: drop every
+        # finished call from the front, so the queue is empty exactly when
+        # nothing is owed.
+        owed = self._owed
+        while owed and not owed[0].active():
+            owed.popleft()
+        self.sendBytes(message)
+        if self._inputEnded and not owed:
+            self.peer.close()
+
+    def close(self) -> None:
+        self.peer.close()
+
+    def abort(self) -> None:
+        """
+        Drop the connection at once.
+        """
+        self.peer.abort()
