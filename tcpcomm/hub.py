@@ -66,7 +66,8 @@ class Stats:
         self.handlerErrors = 0
 
 
-#: A watcher of the traffic: called with C{("in"|"out", session, text)}.
+#: A watcher of the traffic and of peers coming and going: called with
+#: C{(kind, session, text)}, kind one of C{in}, C{out}, C{connected}, C{lost}.
 Watcher = Callable[[str, ISession, str], None]
 
 
@@ -100,6 +101,8 @@ class Hub:
     def sessionStarted(self, session: Session) -> None:
         self.registry.add(session)
         self.stats.connectionsTotal += 1
+        if self.watchers:
+            self._notify("connected", session, "")
         self._call("connected", session)
 
     def messageReceived(self, session: Session, text: str) -> None:
@@ -109,6 +112,8 @@ class Hub:
 
     def sessionEnded(self, session: Session, reason: Failure) -> None:
         self.registry.remove(session)
+        if self.watchers:
+            self._notify("lost", session, reason.getErrorMessage())
         self._call("disconnected", session, reason)
 
     def _call(self, method: str, session: Session, *args: Any) -> None:
@@ -143,7 +148,13 @@ class Hub:
         return self.registry.get(sessionId)
 
     def broadcast(self, text: str, exclude: ISession | None = None) -> int:
-        message = text.encode(self.texts.encoding)
+        return self.broadcastBytes(text.encode(self.texts.encoding), exclude)
+
+    def broadcastBytes(self, message: bytes, exclude: ISession | None = None) -> int:
+        """
+        Send an encoded message to every session but C{exclude}; return how
+        many got it.
+        """
         sent = 0
         for session in self.registry:
             if session is not exclude:

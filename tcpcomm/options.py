@@ -7,6 +7,7 @@ anything listens or connects.
 from __future__ import annotations
 
 import codecs
+import ipaddress
 import math
 from collections.abc import Callable
 from typing import Any
@@ -81,6 +82,24 @@ def _hostPort(option: str) -> Callable[[str], tuple[str, int]]:
     return coerce
 
 
+def _onlyLocal(reactor: MemoryReactor) -> bool:
+    """
+    Whether everything C{reactor} was asked to listen on is reachable from
+    this machine only: loopback addresses and UNIX sockets.
+    """
+    interfaces = [s[3] for s in reactor.tcpServers] + [s[4] for s in reactor.sslServers]
+    if len(interfaces) + len(reactor.unixServers) == 0:
+        return False  # some other kind of endpoint: assume the worst
+    for interface in interfaces:
+        try:
+            if not ipaddress.ip_address(interface).is_loopback:
+                return False
+        except ValueError:
+            if interface != "localhost":
+                return False
+    return True
+
+
 class _CommonOptions(usage.Options):
     """
     Options shared by server and client.
@@ -118,6 +137,20 @@ class _CommonOptions(usage.Options):
             "package.module:factory for your own.",
         ],
         [
+            "admin",
+            None,
+            None,
+            "Serve the admin HTTP API (and the server's dashboard) on this Twisted server "
+            "endpoint, such as tcp:9528:interface=127.0.0.1; off when not given.",
+        ],
+        [
+            "admin-token-file",
+            None,
+            None,
+            "File holding the token every admin request but /healthz must bear "
+            "(Authorization: Bearer TOKEN); required when --admin listens beyond loopback.",
+        ],
+        [
             "log-format",
             None,
             "text",
@@ -136,6 +169,7 @@ class _CommonOptions(usage.Options):
                 self["handler"] = findHandler(self["handler"])
             except HandlerNotFound as e:
                 raise usage.UsageError(str(e)) from None
+        self._checkAdmin()
         encoding = self["encoding"]
         if self["framing"] == "line" and "\n".encode(encoding) != b"\n":
             raise usage.UsageError(
@@ -158,6 +192,43 @@ class _CommonOptions(usage.Options):
 
     def templateOptions(self) -> list[str]:
         return ["reply", "error-reply"]
+
+    def _checkAdmin(self) -> None:
+        """
+        Read the admin token, and refuse an admin API that anyone on the
+        network could reach without one.
+        """
+        tokenFile = self["admin-token-file"]
+        self["admin-token"] = None
+        if tokenFile is not None:
+            if self["admin"] is None:
+                raise usage.UsageError(f"--admin-token-file {tokenFile!r} needs --admin")
+            try:
+                with open(tokenFile, encoding="utf-8") as f:
+                    token = f.read().strip()
+            except (OSError, UnicodeDecodeError) as e:
+                raise usage.UsageError(f"--admin-token-file {tokenFile!r}: {e}") from None
+            if not token or any(c.isspace() for c in token):
+                raise usage.UsageError(
+                    f"--admin-token-file {tokenFile!r} must hold one token, without spaces"
+                )
+            self["admin-token"] = token
+        description = self["admin"]
+        if description is None:
+            return
+        reactor = MemoryReactor()
+        try:
+            serverFromString(reactor, description).listen(None)
+        except Exception as e:
+            raise usage.UsageError(
+                f"--admin {description!r} is not a server endpoint: {e}"
+            ) from None
+        if self["admin-token"] is None and not _onlyLocal(reactor):
+            raise usage.UsageError(
+                f"--admin {description!r} can be reached from other machines; give it "
+                "interface=127.0.0.1 (or ::1, or a unix: socket), or require a token with "
+                "--admin-token-file"
+            )
 
     def _twistdOptions(self) -> usage.Options | None:
         """

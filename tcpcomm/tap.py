@@ -7,6 +7,7 @@ the services start.
 
 from __future__ import annotations
 
+import importlib.resources
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -19,14 +20,18 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint, IStreamServerEndpoint
 
+from tcpcomm.admin import Outgoing, makeAdminSite
 from tcpcomm.client import ClientFactory, ClientStatus, RetryPolicy, makeClientService
 from tcpcomm.framing import FRAMINGS
 from tcpcomm.hub import Hub, Texts
+from tcpcomm.metrics import makeRegistry
 from tcpcomm.options import ClientOptions, Options, ServerOptions
 from tcpcomm.protocol import MessageFactory
-from tcpcomm.server import makeServerService
+from tcpcomm.server import listeningService, makeServerService
 
 __all__ = ["Options", "makeService"]
+
+DASHBOARD = importlib.resources.files("tcpcomm").joinpath("dashboard.html")
 
 
 def makeHub(options: ServerOptions | ClientOptions, clock: IReactorTime, client: bool) -> Hub:
@@ -49,13 +54,41 @@ def makeServer(options: ServerOptions, reactor: Any) -> MultiService:
     """
     hub = makeHub(options, reactor, client=False)
     factory = MessageFactory(FRAMINGS[options["framing"]], hub, options["max-message-size"])
-    return makeServerService(
+    top = makeServerService(
         serverEndpoints(options, reactor),
         factory,
         hub.registry,
         reactor,
         options["shutdown-timeout"],
     )
+    addAdmin(top, options, hub, reactor)
+    return top
+
+
+def addAdmin(
+    top: MultiService,
+    options: ServerOptions | ClientOptions,
+    hub: Hub,
+    reactor: Any,
+    status: ClientStatus | None = None,
+) -> None:
+    """
+    Serve the admin API on C{--admin}, if given.
+    """
+    description = options["admin"]
+    if description is None:
+        return
+    site = makeAdminSite(
+        hub,
+        makeRegistry(hub, status),
+        Outgoing(options["encoding"], options["framing"], options["max-message-size"]),
+        reactor,
+        options["admin-token"],
+        status,
+        dashboard=None if status is not None else DASHBOARD.read_bytes(),
+    )
+    endpoint = serverFromString(reactor, description)
+    listeningService(endpoint, f"admin API {description}", site).setServiceParent(top)
 
 
 def serverEndpoints(
@@ -92,15 +125,14 @@ def makeClient(options: ClientOptions, reactor: Any) -> MultiService:
     policy = RetryPolicy(
         reactor, options["retry-initial"], options["retry-max"], options["retry-reset"]
     )
+    hub = makeHub(options, reactor, client=True)
+    status = ClientStatus(description)
     factory = ClientFactory(
-        FRAMINGS[options["framing"]],
-        makeHub(options, reactor, client=True),
-        options["max-message-size"],
-        policy,
-        ClientStatus(description),
+        FRAMINGS[options["framing"]], hub, options["max-message-size"], policy, status
     )
     top = MultiService()
     makeClientService(endpoint, factory, reactor).setServiceParent(top)
+    addAdmin(top, options, hub, reactor, status)
     return top
 
 

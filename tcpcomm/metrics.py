@@ -1,0 +1,78 @@
+"""
+Prometheus metrics, read from the hub's running totals when scraped, so the
+message path pays nothing for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from tcpcomm.client import ClientStatus
+from tcpcomm.hub import Hub
+
+
+class HubCollector(Collector):
+    """
+    The hub's totals (and the client's connection state) as metrics.
+    """
+
+    def __init__(self, hub: Hub, status: ClientStatus | None = None) -> None:
+        self._hub = hub
+        self._status = status
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._hub.stats
+        yield GaugeMetricFamily(
+            "tcpcomm_connections", "Connections open now.", value=len(self._hub.registry)
+        )
+        for name, documentation, value in [
+            ("tcpcomm_connections_opened", "Connections made.", stats.connectionsTotal),
+            ("tcpcomm_messages_received", "Messages received.", stats.messagesIn),
+            ("tcpcomm_messages_sent", "Messages sent (replies included).", stats.messagesOut),
+            ("tcpcomm_received_bytes", "Bytes of messages received.", stats.bytesIn),
+            ("tcpcomm_sent_bytes", "Bytes of messages sent.", stats.bytesOut),
+            ("tcpcomm_decode_errors", "Messages that did not decode.", stats.decodeErrors),
+            (
+                "tcpcomm_oversize_disconnects",
+                "Peers disconnected for a message over --max-message-size.",
+                stats.oversized,
+            ),
+            (
+                "tcpcomm_framing_error_disconnects",
+                "Peers disconnected for breaking the framing.",
+                stats.framingErrors,
+            ),
+            ("tcpcomm_handler_errors", "Exceptions raised by the handler.", stats.handlerErrors),
+        ]:
+            yield CounterMetricFamily(name, documentation, value=value)
+        status = self._status
+        if status is not None:
+            yield GaugeMetricFamily(
+                "tcpcomm_client_connected",
+                "1 while the client is connected to its server, else 0.",
+                value=1 if len(self._hub.registry) else 0,
+            )
+            yield CounterMetricFamily(
+                "tcpcomm_client_reconnects", "Connections after the first.", value=status.reconnects
+            )
+            yield CounterMetricFamily(
+                "tcpcomm_client_failed_attempts",
+                "Connection attempts that failed.",
+                value=status.failedAttempts,
+            )
+
+
+def makeRegistry(hub: Hub, status: ClientStatus | None = None) -> CollectorRegistry:
+    """
+    A registry of this process's metrics: the hub's, and the process's own
+    (memory, CPU, open files) and Python's.
+    """
+    registry = CollectorRegistry()
+    registry.register(HubCollector(hub, status))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry

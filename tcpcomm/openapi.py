@@ -1,0 +1,314 @@
+"""The OpenAPI document of the admin API, served at C{/openapi.json}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tcpcomm import __version__
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_TEXT_BODY = {
+    "required": True,
+    "description": "The message text (UTF-8); it is encoded with the daemon's --encoding.",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}
+
+_SEND_ERRORS = {
+    "400": _error(
+        "The text cannot be sent: not UTF-8, not encodable, or a newline in line framing."
+    ),
+    "413": _error("The encoded message is over --max-message-size."),
+}
+
+_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "The client's id as GET /clients lists it, URL-encoded ('unix#1' is 'unix%231').",
+    "schema": {"type": "string"},
+}
+
+
+def _common(protected: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "/healthz": {
+            "get": {
+                "summary": "Is the daemon up? Never needs a token.",
+                "security": [],
+                "responses": {
+                    "200": _json(
+                        "Up.",
+                        {
+                            "type": "object",
+                            "properties": {"status": {"type": "string", "enum": ["ok"]}},
+                            "required": ["status"],
+                        },
+                    )
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics.",
+                "responses": {
+                    "200": {
+                        "description": "Metrics in Prometheus' text format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **protected,
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document.",
+                "responses": {
+                    "200": _json("The OpenAPI document.", {"type": "object"}),
+                    **protected,
+                },
+            }
+        },
+    }
+
+
+def openapi(role: str, tokenRequired: bool) -> dict[str, Any]:
+    """
+    The OpenAPI 3.0 document of the admin API of a C{"server"} or C{"client"}.
+    """
+    protected = {"401": _error("No valid bearer token.")} if tokenRequired else {}
+    paths = _common(protected)
+    if role == "server":
+        paths.update(
+            {
+                "/": {
+                    "get": {
+                        "summary": "The dashboard page (it holds no data, so needs no token).",
+                        "security": [],
+                        "responses": {
+                            "200": {
+                                "description": "An HTML page.",
+                                "content": {"text/html": {"schema": {"type": "string"}}},
+                            }
+                        },
+                    }
+                },
+                "/clients": {
+                    "get": {
+                        "summary": "Every connected client.",
+                        "responses": {
+                            "200": _json(
+                                "The clients.",
+                                {"type": "array", "items": {"$ref": "#/components/schemas/Client"}},
+                            ),
+                            **protected,
+                        },
+                    }
+                },
+                "/clients/{id}": {
+                    "parameters": [_ID],
+                    "get": {
+                        "summary": "One connected client.",
+                        "responses": {
+                            "200": _json("The client.", {"$ref": "#/components/schemas/Client"}),
+                            "404": _error("No such client is connected."),
+                            **protected,
+                        },
+                    },
+                },
+                "/clients/{id}/messages": {
+                    "parameters": [_ID],
+                    "post": {
+                        "summary": "Send one message to one client.",
+                        "requestBody": _TEXT_BODY,
+                        "responses": {
+                            "200": _json(
+                                "Sent.",
+                                {
+                                    "type": "object",
+                                    "properties": {
+                                        "id": {"type": "string"},
+                                        "sent": {"type": "integer"},
+                                    },
+                                    "required": ["id", "sent"],
+                                },
+                            ),
+                            "404": _error("No such client is connected."),
+                            **_SEND_ERRORS,
+                            **protected,
+                        },
+                    },
+                },
+                "/clients/{id}/disconnect": {
+                    "parameters": [_ID],
+                    "post": {
+                        "summary": "Close one client's connection.",
+                        "responses": {
+                            "200": _json(
+                                "Closing.",
+                                {
+                                    "type": "object",
+                                    "properties": {
+                                        "id": {"type": "string"},
+                                        "disconnected": {"type": "boolean"},
+                                    },
+                                    "required": ["id", "disconnected"],
+                                },
+                            ),
+                            "404": _error("No such client is connected."),
+                            **protected,
+                        },
+                    },
+                },
+                "/broadcast": {
+                    "post": {
+                        "summary": "Send one message to every client.",
+                        "requestBody": _TEXT_BODY,
+                        "responses": {
+                            "200": _json(
+                                "Sent; how many clients got it.",
+                                {
+                                    "type": "object",
+                                    "properties": {"received": {"type": "integer", "minimum": 0}},
+                                    "required": ["received"],
+                                },
+                            ),
+                            **_SEND_ERRORS,
+                            **protected,
+                        },
+                    }
+                },
+                "/events": {
+                    "get": {
+                        "summary": "Messages in and out and clients coming and going, as "
+                        "Server-Sent Events (JSON objects with kind, peer, text, time).",
+                        "responses": {
+                            "200": {
+                                "description": "An endless event stream.",
+                                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                            },
+                            **protected,
+                        },
+                    }
+                },
+            }
+        )
+    else:
+        paths.update(
+            {
+                "/status": {
+                    "get": {
+                        "summary": "How the connection to the server is doing.",
+                        "responses": {
+                            "200": _json("The status.", {"$ref": "#/components/schemas/Status"}),
+                            **protected,
+                        },
+                    }
+                },
+                "/messages": {
+                    "post": {
+                        "summary": "Send one message to the server.",
+                        "requestBody": _TEXT_BODY,
+                        "responses": {
+                            "200": _json(
+                                "Sent.",
+                                {
+                                    "type": "object",
+                                    "properties": {
+                                        "server": {"type": "string"},
+                                        "sent": {"type": "integer"},
+                                    },
+                                    "required": ["server", "sent"],
+                                },
+                            ),
+                            "503": _error("Not connected to the server right now."),
+                            **_SEND_ERRORS,
+                            **protected,
+                        },
+                    }
+                },
+            }
+        )
+    nullableString = {"type": "string", "nullable": True}
+    document: dict[str, Any] = {
+        "openapi": "3.0.3",
+        "info": {
+            "title": f"tcpcomm {role} admin API",
+            "version": __version__,
+            "description": "Errors are JSON objects with an 'error' message.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "properties": {"error": {"type": "string"}},
+                    "required": ["error"],
+                },
+                "Client": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "peer": {"type": "string"},
+                        "tlsSubject": nullableString,
+                        "connectedSince": {"type": "string", "format": "date-time"},
+                        "lastMessage": {**nullableString, "format": "date-time"},
+                        "messagesIn": {"type": "integer", "minimum": 0},
+                        "messagesOut": {"type": "integer", "minimum": 0},
+                        "bytesIn": {"type": "integer", "minimum": 0},
+                        "bytesOut": {"type": "integer", "minimum": 0},
+                    },
+                    "required": [
+                        "id",
+                        "peer",
+                        "tlsSubject",
+                        "connectedSince",
+                        "lastMessage",
+                        "messagesIn",
+                        "messagesOut",
+                        "bytesIn",
+                        "bytesOut",
+                    ],
+                },
+                "Status": {
+                    "type": "object",
+                    "properties": {
+                        "connected": {"type": "boolean"},
+                        "server": {"type": "string"},
+                        "since": {**nullableString, "format": "date-time"},
+                        "connections": {"type": "integer", "minimum": 0},
+                        "reconnects": {"type": "integer", "minimum": 0},
+                        "failedAttempts": {"type": "integer", "minimum": 0},
+                        "lastError": nullableString,
+                        "messagesIn": {"type": "integer", "minimum": 0},
+                        "messagesOut": {"type": "integer", "minimum": 0},
+                    },
+                    "required": [
+                        "connected",
+                        "server",
+                        "since",
+                        "connections",
+                        "reconnects",
+                        "failedAttempts",
+                        "lastError",
+                        "messagesIn",
+                        "messagesOut",
+                    ],
+                },
+            }
+        },
+    }
+    if tokenRequired:
+        document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        document["security"] = [{"bearer": []}]
+    return document
