@@ -11,6 +11,7 @@ import hmac
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
@@ -98,13 +99,29 @@ def describe(session: ISession) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Raw:
+    """
+    A response body that is not JSON.
+    """
+
+    contentType: bytes
+    body: bytes
+
+
+#: A route's handler: given the request and the path's parameters, it
+#: returns C{(status, JSON-able body or Raw)}, or C{NOT_DONE_YET}.
 Handler = Callable[[Request, list[str]], Any]
+
+#: Paths that need no token: the health check, and the dashboard page,
+#: which holds no data (browsers cannot send a token when opening a page).
+PUBLIC = frozenset({"/healthz", "/"})
 
 
 class AdminResource(Resource):
     """
     Routes requests by method and path, checks the bearer token, and turns
-    results and L{APIError}s into JSON.
+    results and L{APIError}s into responses.
     """
 
     isLeaf = True
@@ -118,44 +135,52 @@ class AdminResource(Resource):
         dashboard: bytes | None = None,
     ) -> None:
         super().__init__()
+        specBody = json.dumps(spec, indent=1).encode()
+        builtIn: dict[tuple[str, str], Handler] = {
+            ("GET", "/healthz"): lambda request, params: (200, {"status": "ok"}),
+            ("GET", "/metrics"): lambda request, params: (
+                200,
+                Raw(CONTENT_TYPE_LATEST.encode(), generate_latest(metrics)),
+            ),
+            ("GET", "/openapi.json"): lambda request, params: (
+                200,
+                Raw(b"application/json", specBody),
+            ),
+        }
+        if dashboard is not None:
+            page = Raw(b"text/html; charset=utf-8", dashboard)
+            builtIn[("GET", "/")] = lambda request, params: (200, page)
         self._routes = [
             (method, re.compile("^" + re.sub(r"\{\w+\}", "([^/]+)", path) + "$"), handler)
-            for (method, path), handler in routes.items()
+            for (method, path), handler in {**builtIn, **routes}.items()
         ]
-        self._metrics = metrics
-        self._spec = json.dumps(spec, indent=1).encode()
         self._token = token
-        self._dashboard = dashboard
 
     def render(self, request: Request) -> bytes | int:
         path = (request.path or b"/").decode("utf-8", "replace").rstrip("/") or "/"
         method = (request.method or b"GET").decode("ascii", "replace")
+        wanted = "GET" if method == "HEAD" else method
         try:
-            if path == "/healthz":
-                return self._json(request, 200, {"status": "ok"})
-            if path == "/" and self._dashboard is not None and method in ("GET", "HEAD"):
-                request.setHeader(b"content-type", b"text/html; charset=utf-8")
-                request.setHeader(b"cache-control", b"no-store")
-                return self._dashboard
-            self._authorize(request)
-            if path == "/metrics" and method == "GET":
-                request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-                return generate_latest(self._metrics)
-            if path == "/openapi.json" and method == "GET":
-                request.setHeader(b"content-type", b"application/json")
-                return self._spec
+            if path not in PUBLIC:
+                self._authorize(request)
             allowed = []
             for routeMethod, pattern, handler in self._routes:
                 match = pattern.match(path)
-                if match:
-                    if routeMethod != method:
-                        allowed.append(routeMethod)
-                        continue
-                    result = handler(request, [unquote(g) for g in match.groups()])
-                    if result is NOT_DONE_YET:
-                        return NOT_DONE_YET
-                    status, body = result
-                    return self._json(request, status, body)
+                if match is None:
+                    continue
+                if routeMethod != wanted:
+                    allowed.append(routeMethod)
+                    continue
+                result = handler(request, [unquote(g) for g in match.groups()])
+                if result is NOT_DONE_YET:
+                    return NOT_DONE_YET
+                status, body = result
+                if isinstance(body, Raw):
+                    request.setResponseCode(status)
+                    request.setHeader(b"content-type", body.contentType)
+                    request.setHeader(b"cache-control", b"no-store")
+                    return body.body
+                return self._json(request, status, body)
             if allowed:
                 request.setHeader(b"allow", ", ".join(allowed).encode())
                 raise APIError(405, f"{method} is not allowed on {path}; use {', '.join(allowed)}")
@@ -214,7 +239,15 @@ class EventStream:
 
 
 def _body(request: Request) -> bytes:
-    return request.content.read() if request.content is not None else b""
+    """
+    The request's body: the message, which may not be empty (an HTTP client
+    cannot tell an empty body from none, and to peers an empty message is
+    a keep-alive, not a message).
+    """
+    body = request.content.read() if request.content is not None else b""
+    if not body:
+        raise APIError(400, "the message is the request body, and it is empty")
+    return body
 
 
 def serverRoutes(

@@ -20,13 +20,14 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 _TEXT_BODY = {
     "required": True,
-    "description": "The message text (UTF-8); it is encoded with the daemon's --encoding.",
-    "content": {"text/plain": {"schema": {"type": "string"}}},
+    "description": "The message text (UTF-8, not empty); it is encoded with the daemon's "
+    "--encoding.",
+    "content": {"text/plain": {"schema": {"type": "string", "minLength": 1}}},
 }
 
 _SEND_ERRORS = {
     "400": _error(
-        "The text cannot be sent: not UTF-8, not encodable, or a newline in line framing."
+        "The text cannot be sent: empty, not UTF-8, not encodable, or a newline in line framing."
     ),
     "413": _error("The encoded message is over --max-message-size."),
 }
@@ -44,6 +45,7 @@ def _common(protected: dict[str, Any]) -> dict[str, Any]:
     return {
         "/healthz": {
             "get": {
+                "operationId": "healthz",
                 "summary": "Is the daemon up? Never needs a token.",
                 "security": [],
                 "responses": {
@@ -60,6 +62,7 @@ def _common(protected: dict[str, Any]) -> dict[str, Any]:
         },
         "/metrics": {
             "get": {
+                "operationId": "metrics",
                 "summary": "Prometheus metrics.",
                 "responses": {
                     "200": {
@@ -72,6 +75,7 @@ def _common(protected: dict[str, Any]) -> dict[str, Any]:
         },
         "/openapi.json": {
             "get": {
+                "operationId": "openapi",
                 "summary": "This document.",
                 "responses": {
                     "200": _json("The OpenAPI document.", {"type": "object"}),
@@ -93,6 +97,7 @@ def openapi(role: str, tokenRequired: bool) -> dict[str, Any]:
             {
                 "/": {
                     "get": {
+                        "operationId": "dashboard",
                         "summary": "The dashboard page (it holds no data, so needs no token).",
                         "security": [],
                         "responses": {
@@ -105,12 +110,25 @@ def openapi(role: str, tokenRequired: bool) -> dict[str, Any]:
                 },
                 "/clients": {
                     "get": {
+                        "operationId": "listClients",
                         "summary": "Every connected client.",
                         "responses": {
-                            "200": _json(
-                                "The clients.",
-                                {"type": "array", "items": {"$ref": "#/components/schemas/Client"}},
-                            ),
+                            "200": {
+                                **_json(
+                                    "The clients.",
+                                    {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/Client"},
+                                    },
+                                ),
+                                "links": {
+                                    name: {
+                                        "operationId": name,
+                                        "parameters": {"id": "$response.body#/0/id"},
+                                    }
+                                    for name in ("getClient", "sendToClient", "disconnectClient")
+                                },
+                            },
                             **protected,
                         },
                     }
@@ -118,6 +136,7 @@ def openapi(role: str, tokenRequired: bool) -> dict[str, Any]:
                 "/clients/{id}": {
                     "parameters": [_ID],
                     "get": {
+                        "operationId": "getClient",
                         "summary": "One connected client.",
                         "responses": {
                             "200": _json("The client.", {"$ref": "#/components/schemas/Client"}),
@@ -129,6 +148,7 @@ def openapi(role: str, tokenRequired: bool) -> dict[str, Any]:
                 "/clients/{id}/messages": {
                     "parameters": [_ID],
                     "post": {
+                        "operationId": "sendToClient",
                         "summary": "Send one message to one client.",
                         "requestBody": _TEXT_BODY,
                         "responses": {
@@ -152,6 +172,7 @@ def openapi(role: str, tokenRequired: bool) -> dict[str, Any]:
                 "/clients/{id}/disconnect": {
                     "parameters": [_ID],
                     "post": {
+                        "operationId": "disconnectClient",
                         "summary": "Close one client's connection.",
                         "responses": {
                             "200": _json(
@@ -172,6 +193,7 @@ def openapi(role: str, tokenRequired: bool) -> dict[str, Any]:
                 },
                 "/broadcast": {
                     "post": {
+                        "operationId": "broadcast",
                         "summary": "Send one message to every client.",
                         "requestBody": _TEXT_BODY,
                         "responses": {
@@ -190,6 +212,7 @@ def openapi(role: str, tokenRequired: bool) -> dict[str, Any]:
                 },
                 "/events": {
                     "get": {
+                        "operationId": "events",
                         "summary": "Messages in and out and clients coming and going, as "
                         "Server-Sent Events (JSON objects with kind, peer, text, time).",
                         "responses": {
@@ -208,6 +231,7 @@ def openapi(role: str, tokenRequired: bool) -> dict[str, Any]:
             {
                 "/status": {
                     "get": {
+                        "operationId": "status",
                         "summary": "How the connection to the server is doing.",
                         "responses": {
                             "200": _json("The status.", {"$ref": "#/components/schemas/Status"}),
@@ -217,6 +241,7 @@ def openapi(role: str, tokenRequired: bool) -> dict[str, Any]:
                 },
                 "/messages": {
                     "post": {
+                        "operationId": "sendToServer",
                         "summary": "Send one message to the server.",
                         "requestBody": _TEXT_BODY,
                         "responses": {
