@@ -1,0 +1,399 @@
+"""
+The admin HTTP API end to end: real daemons, real HTTP over loopback, every
+route's success and errors, the token, the metrics and the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+from typing import Any
+from urllib.parse import quote
+
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from .processes import BIN, WAIT, Twistd, environment, readUntilClosed, run, scratch
+
+ADMIN_PORT = r"listening on 127\.0\.0\.1:(\d+) \(admin API"
+
+
+def call(
+    port: int, method: str, path: str, body: bytes | None = None, token: str | None = None
+) -> tuple[int, Any, dict[str, str]]:
+    """
+    One HTTP request to the admin API: status, decoded JSON (or text) body,
+    and headers.
+    """
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    if body is not None:
+        request.add_header("Content-Type", "text/plain; charset=utf-8")
+    try:
+        with urllib.request.urlopen(request, timeout=WAIT) as response:
+            status, raw, headers = response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as e:
+        status, raw, headers = e.code, e.read(), dict(e.headers)
+    if headers.get("Content-Type", "").startswith("application/json"):
+        return status, json.loads(raw), headers
+    return status, raw.decode(), headers
+
+
+class ServerAPITestCase(SynchronousTestCase):
+    """
+    A server with an admin API on loopback, and helpers to reach both.
+    """
+
+    extra: tuple[str, ...] = ()
+
+    def setUp(self) -> None:
+        self.server = Twistd(
+            self,
+            "tcpcomm",
+            "server",
+            "-p",
+            "0",
+            "-i",
+            "127.0.0.1",
+            "--reply-delay",
+            "0",
+            "--max-message-size",
+            "32",
+            "--admin",
+            "tcp:0:interface=127.0.0.1",
+            *self.extra,
+        )
+        self.port = self.server.listeningPort()
+        self.admin = int(self.server.waitFor(ADMIN_PORT).group(1))
+
+    def peer(self) -> tuple[socket.socket, str]:
+        """
+        A connected plain client and its id.
+        """
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=WAIT)
+        self.addCleanup(sock.close)
+        peerId = f"127.0.0.1:{sock.getsockname()[1]}"
+        self.server.waitFor("connected " + peerId.replace(".", r"\."))
+        return sock, peerId
+
+
+class ServerRouteTests(ServerAPITestCase):
+    """
+    Each server route, with its success and its errors.
+    """
+
+    def test_healthz(self) -> None:
+        """/healthz says ok."""
+        self.assertEqual(call(self.admin, "GET", "/healthz")[:2], (200, {"status": "ok"}))
+
+    def test_clients(self) -> None:
+        """GET /clients lists each client with its address and counters."""
+        sock, peerId = self.peer()
+        sock.sendall(b"hi\n")
+        sock.recv(100)
+        status, clients, _ = call(self.admin, "GET", "/clients")
+        self.assertEqual(status, 200)
+        [client] = clients
+        self.assertEqual(client["id"], peerId)
+        self.assertEqual(client["peer"], peerId)
+        self.assertIsNone(client["tlsSubject"])
+        self.assertEqual((client["messagesIn"], client["bytesIn"]), (1, 2))
+        self.assertEqual(client["messagesOut"], 1)
+        self.assertRegex(client["connectedSince"], r"^\d{4}-\d\d-\d\dT")
+        self.assertIsNotNone(client["lastMessage"])
+
+    def test_oneClient(self) -> None:
+        """GET /clients/{id} shows one client; an unknown id is 404."""
+        sock, peerId = self.peer()
+        status, client, _ = call(self.admin, "GET", "/clients/" + quote(peerId))
+        self.assertEqual((status, client["id"]), (200, peerId))
+        status, error, _ = call(self.admin, "GET", "/clients/" + quote("10.0.0.1:1"))
+        self.assertEqual(status, 404)
+        self.assertIn("10.0.0.1:1", error["error"])
+
+    def test_sendMessage(self) -> None:
+        """POST /clients/{id}/messages delivers the body as one message."""
+        sock, peerId = self.peer()
+        status, body, _ = call(self.admin, "POST", f"/clients/{peerId}/messages", "héllo".encode())
+        self.assertEqual((status, body), (200, {"id": peerId, "sent": 1}))
+        self.assertEqual(sock.recv(100), "héllo\n".encode())
+        self.server.waitFor("admin: sent a message to " + peerId.replace(".", r"\."))
+
+    def test_sendErrors(self) -> None:
+        """Unknown client 404; over --max-message-size 413; newline, empty or not UTF-8 400."""
+        sock, peerId = self.peer()
+        path = f"/clients/{peerId}/messages"
+        self.assertEqual(call(self.admin, "POST", "/clients/nobody/messages", b"x")[0], 404)
+        status, error, _ = call(self.admin, "POST", path, b"x" * 33)
+        self.assertEqual(status, 413)
+        self.assertIn("--max-message-size 32", error["error"])
+        for body in (b"two\nlines", b"", b"\xff"):
+            self.assertEqual(call(self.admin, "POST", path, body)[0], 400, body)
+        sock.sendall(b"still here\n")
+        self.assertTrue(sock.recv(100).startswith(b"response from server"))
+
+    def test_broadcast(self) -> None:
+        """POST /broadcast reaches every client and says how many."""
+        (one, _), (two, _) = self.peer(), self.peer()
+        status, body, _ = call(self.admin, "POST", "/broadcast", b"to all")
+        self.assertEqual((status, body), (200, {"received": 2}))
+        self.assertEqual(one.recv(100), b"to all\n")
+        self.assertEqual(two.recv(100), b"to all\n")
+
+    def test_disconnect(self) -> None:
+        """POST /clients/{id}/disconnect closes that client only; unknown is 404."""
+        (one, oneId), (_, twoId) = self.peer(), self.peer()
+        status, body, _ = call(self.admin, "POST", f"/clients/{oneId}/disconnect", b"")
+        self.assertEqual((status, body), (200, {"id": oneId, "disconnected": True}))
+        self.assertEqual(readUntilClosed(one), b"")
+        self.server.waitFor("lost " + oneId.replace(".", r"\."))
+        ids = [c["id"] for c in call(self.admin, "GET", "/clients")[1]]
+        self.assertEqual(ids, [twoId])
+        self.assertEqual(call(self.admin, "POST", "/clients/nobody/disconnect", b"")[0], 404)
+
+    def test_wrongMethodAndPath(self) -> None:
+        """A known path with another method is 405 with Allow; an unknown path is 404."""
+        status, error, headers = call(self.admin, "DELETE", "/clients")
+        self.assertEqual(status, 405)
+        self.assertEqual(headers["Allow"], "GET")
+        self.assertEqual(call(self.admin, "GET", "/nowhere")[0], 404)
+
+    def test_openapi(self) -> None:
+        """/openapi.json describes every server route."""
+        status, spec, _ = call(self.admin, "GET", "/openapi.json")
+        self.assertEqual(status, 200)
+        self.assertEqual(spec["openapi"], "3.0.3")
+        for path in ["/clients", "/clients/{id}", "/clients/{id}/messages", "/broadcast"]:
+            self.assertIn(path, spec["paths"])
+
+
+class MetricsTests(ServerAPITestCase):
+    """
+    /metrics speaks Prometheus' text format and counts what happened.
+    """
+
+    def metrics(self) -> dict[str, float]:
+        status, text, headers = call(self.admin, "GET", "/metrics")
+        self.assertEqual(status, 200)
+        self.assertTrue(headers["Content-Type"].startswith("text/plain"))
+        return {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    def test_counts(self) -> None:
+        """Connections, messages, bytes, decode errors and oversize disconnects are counted."""
+        sock, _ = self.peer()
+        sock.sendall(b"hi\n\xff\n")
+        readUntilLines(sock, 2)
+        other, _ = self.peer()
+        other.sendall(b"x" * 40 + b"\n")
+        readUntilClosed(other)
+        self.server.waitFor("exceeds --max-message-size")
+        values = self.metrics()
+        self.assertEqual(values["tcpcomm_connections"], 1)
+        self.assertEqual(values["tcpcomm_connections_opened_total"], 2)
+        self.assertEqual(values["tcpcomm_messages_received_total"], 2)
+        self.assertEqual(values["tcpcomm_messages_sent_total"], 2)
+        self.assertEqual(values["tcpcomm_received_bytes_total"], 3)
+        self.assertEqual(values["tcpcomm_decode_errors_total"], 1)
+        self.assertEqual(values["tcpcomm_oversize_disconnects_total"], 1)
+        self.assertGreater(values["process_resident_memory_bytes"], 0)
+
+    def test_promtool(self) -> None:
+        """promtool (Debian's prometheus package) finds nothing wrong with the metrics."""
+        promtool = shutil.which("promtool")
+        if promtool is None:
+            raise SkipTest("promtool is not installed")
+        text = call(self.admin, "GET", "/metrics")[1]
+        result = subprocess.run(
+            [promtool, "check", "metrics"],
+            input=text,
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+
+
+def readUntilLines(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while data.count(b"\n") < count:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class TokenTests(ServerAPITestCase):
+    """
+    --admin-token-file guards every route but /healthz and the dashboard.
+    """
+
+    def setUp(self) -> None:
+        folder = scratch(self)
+        self.tokenFile = os.path.join(folder, "token")
+        with open(self.tokenFile, "w") as f:
+            f.write("correct-horse\n")
+        self.extra = ("--admin-token-file", self.tokenFile)
+        super().setUp()
+
+    def test_required(self) -> None:
+        """Without the token, or with a wrong one, the answer is 401 with a challenge."""
+        for token in (None, "wrong", "correct-hors", "correct-horse2"):
+            status, error, headers = call(self.admin, "GET", "/clients", token=token)
+            self.assertEqual(status, 401, token)
+            self.assertIn("Bearer", headers["WWW-Authenticate"])
+            self.assertIn("Authorization", error["error"])
+        self.assertEqual(call(self.admin, "GET", "/metrics")[0], 401)
+        self.assertEqual(call(self.admin, "POST", "/broadcast", b"x")[0], 401)
+
+    def test_accepted(self) -> None:
+        """With the token every route answers; /healthz and the page never need it."""
+        self.assertEqual(call(self.admin, "GET", "/clients", token="correct-horse")[:2], (200, []))
+        self.assertEqual(call(self.admin, "GET", "/metrics", token="correct-horse")[0], 200)
+        self.assertEqual(call(self.admin, "GET", "/healthz")[0], 200)
+        self.assertEqual(call(self.admin, "GET", "/")[0], 200)
+
+    def test_schemathesis(self) -> None:
+        """schemathesis, driven by /openapi.json, finds no response that breaks the document."""
+        schemathesis = os.path.join(BIN, "schemathesis")
+        if not os.path.exists(schemathesis):
+            raise SkipTest("schemathesis is not installed")
+        for _ in range(2):
+            self.peer()
+        result = subprocess.run(
+            [
+                schemathesis,
+                "run",
+                f"http://127.0.0.1:{self.admin}/openapi.json",
+                "--header",
+                "Authorization: Bearer correct-horse",
+                "--checks",
+                "all",
+                "--exclude-path",
+                "/events",
+                "--max-examples",
+                "30",
+                "--seed",
+                "1",
+                "--no-color",
+            ],
+            cwd=scratch(self),
+            env=environment(),
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        self.assertEqual(result.returncode, 0, result.stdout[-5000:] + result.stderr[-2000:])
+        self.assertNotIn("Traceback", self.server.output())
+
+
+class AdminOptionTests(SynchronousTestCase):
+    """
+    An admin API that other machines could reach needs a token.
+    """
+
+    def test_exposedWithoutToken(self) -> None:
+        """--admin on every address without a token is refused at start, naming the option."""
+        for description in ("tcp:0", "tcp:0:interface=0.0.0.0", "tcp6:0"):
+            result = run(self, "-n", "--pidfile=", "tcpcomm", "server", "--admin", description)
+            self.assertNotEqual(result.returncode, 0)
+            self.assertIn(
+                f"--admin '{description}' can be reached from other machines",
+                result.stdout + result.stderr,
+            )
+
+    def test_localWithoutToken(self) -> None:
+        """Loopback and UNIX sockets need no token."""
+        from tcpcomm.options import Options
+
+        for description in (
+            "tcp:0:interface=127.0.0.1",
+            "tcp6:0:interface=\\:\\:1",
+            "unix:/tmp/x.sock",
+        ):
+            options = Options()
+            options.parseOptions(["server", "--admin", description])
+            self.assertIsNone(options.subOptions["admin-token"])
+
+    def test_badTokenFile(self) -> None:
+        """A missing or blank token file is refused, naming it."""
+        from twisted.python.usage import UsageError
+
+        from tcpcomm.options import Options
+
+        blank = os.path.join(scratch(self), "blank")
+        with open(blank, "w") as f:
+            f.write("\n")
+        for path in ("/nonexistent/token", blank):
+            error = self.assertRaises(
+                UsageError,
+                Options().parseOptions,
+                ["server", "--admin", "tcp:0", "--admin-token-file", path],
+            )
+            self.assertIn(f"--admin-token-file {path!r}", str(error))
+
+
+class ClientAPITests(SynchronousTestCase):
+    """
+    The client's admin API: its status, and sending to its server.
+    """
+
+    def client(self, port: int) -> tuple[Twistd, int]:
+        client = Twistd(
+            self,
+            "tcpcomm",
+            "client",
+            "-p",
+            str(port),
+            "--retry-initial",
+            "0.2",
+            "--retry-max",
+            "0.5",
+            "--reply-delay",
+            "30",
+            "--admin",
+            "tcp:0:interface=127.0.0.1",
+        )
+        return client, int(client.waitFor(ADMIN_PORT).group(1))
+
+    def test_notConnected(self) -> None:
+        """With no server, /status says why and POST /messages is 503."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        client, admin = self.client(port)
+        client.waitFor("cannot connect")
+        status, body, _ = call(admin, "GET", "/status")
+        self.assertEqual(status, 200)
+        self.assertFalse(body["connected"])
+        self.assertEqual(body["server"], f"127.0.0.1:{port}")
+        self.assertGreaterEqual(body["failedAttempts"], 1)
+        self.assertIn("refused", body["lastError"])
+        status, error, _ = call(admin, "POST", "/messages", b"hello?")
+        self.assertEqual(status, 503)
+        self.assertIn("not connected", error["error"])
+
+    def test_connected(self) -> None:
+        """Connected, /status says since when, and POST /messages reaches the server."""
+        server = Twistd(self, "tcpcomm", "server", "-p", "0", "-i", "127.0.0.1")
+        port = server.listeningPort()
+        client, admin = self.client(port)
+        client.waitFor(f"connected 127.0.0.1:{port}")
+        status, body, _ = call(admin, "GET", "/status")
+        self.assertTrue(body["connected"])
+        self.assertEqual((body["connections"], body["reconnects"]), (1, 0))
+        self.assertRegex(body["since"], r"^\d{4}-")
+        status, sent, _ = call(admin, "POST", "/messages", b"from the operator")
+        self.assertEqual((status, sent["sent"]), (200, 1))
+        server.waitFor(r"message from 127\.0\.0\.1:\d+: from the operator")
+        self.assertNotIn("/clients", call(admin, "GET", "/openapi.json")[1]["paths"])
