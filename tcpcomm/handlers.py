@@ -19,10 +19,15 @@ from tcpcomm.interfaces import IHandler, IHub, ISession
 HandlerFactory = Callable[[IHub], IHandler]
 
 
-class _Quiet:
+@implementer(IHandler)
+class BaseHandler:
     """
-    Default no-op methods, so each handler defines only what it uses.
+    A handler that does nothing: subclass it and define only what you use.
+    The hub is C{self.hub}.
     """
+
+    def __init__(self, hub: IHub) -> None:
+        self.hub = hub
 
     def connected(self, session: ISession) -> None:
         pass
@@ -35,15 +40,12 @@ class _Quiet:
 
 
 @implementer(IHandler)
-class DelayedReply(_Quiet):
+class DelayedReply(BaseHandler):
     """
     The tutorial's conversation: greet on connect (when the side has a
     greeting), and answer each message with the reply text after
     C{--reply-delay} seconds.
     """
-
-    def __init__(self, hub: IHub) -> None:
-        self.hub = hub
 
     def connected(self, session: ISession) -> None:
         greeting = self.hub.texts.greeting
@@ -60,40 +62,31 @@ class DelayedReply(_Quiet):
 
 
 @implementer(IHandler)
-class Echo(_Quiet):
+class Echo(BaseHandler):
     """
     Send each message straight back.
     """
-
-    def __init__(self, hub: IHub) -> None:
-        self.hub = hub
 
     def messageReceived(self, session: ISession, text: str) -> None:
         session.send(text)
 
 
 @implementer(IHandler)
-class Broadcast(_Quiet):
+class Broadcast(BaseHandler):
     """
     Relay each message to every other connected peer (like C{ncat --broker}).
     """
-
-    def __init__(self, hub: IHub) -> None:
-        self.hub = hub
 
     def messageReceived(self, session: ISession, text: str) -> None:
         self.hub.broadcast(text, exclude=session)
 
 
 @implementer(IHandler)
-class Chat(_Quiet):
+class Chat(BaseHandler):
     """
     Relay each message to every other peer, after the sender's id (like
     C{ncat --chat}).
     """
-
-    def __init__(self, hub: IHub) -> None:
-        self.hub = hub
 
     def messageReceived(self, session: ISession, text: str) -> None:
         self.hub.broadcast(f"{session.id}: {text}", exclude=session)

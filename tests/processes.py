@@ -75,7 +75,13 @@ class Twistd:
     One C{twistd -n} process whose output goes to a file the test can search.
     """
 
-    def __init__(self, case: SynchronousTestCase, *args: str, cwd: str | None = None) -> None:
+    def __init__(
+        self,
+        case: SynchronousTestCase,
+        *args: str,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         if not os.path.exists(TWISTD):
             raise SkipTest(f"no twistd beside {sys.executable}")
         self.cwd = cwd or scratch(case)
@@ -84,7 +90,7 @@ class Twistd:
         self.process = subprocess.Popen(
             [TWISTD, "-n", "--pidfile=", *args],
             cwd=self.cwd,
-            env=environment(),
+            env=environment() if env is None else env,
             stdout=self._out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -18,15 +19,15 @@ from .processes import TWISTD, WAIT, Twistd, environment, freePort, scratch
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
 
-def recipe(name: str) -> str:
+def recipe(name: str, kind: str = "recipe", language: str = "sh") -> str:
     """
-    The shell block that follows C{<!-- recipe: name -->} in the README.
+    The code block that follows C{<!-- recipe: name -->} in the README.
     """
     with open(README, encoding="utf-8") as f:
         text = f.read()
-    match = re.search(rf"<!-- recipe: {name} -->\n```sh\n(.*?)```", text, re.DOTALL)
+    match = re.search(rf"<!-- {kind}: {name} -->\n```{language}\n(.*?)```", text, re.DOTALL)
     if match is None:
-        raise AssertionError(f"README has no recipe {name!r}")
+        raise AssertionError(f"README has no {kind} {name!r}")
     return match.group(1)
 
 
@@ -69,3 +70,38 @@ class RecipeTests(SynchronousTestCase):
         server.waitFor(r"message from \S+: hello server")
         client.waitFor(rf"secured 127\.0\.0\.1:{port}: certificate localhost")
         self.assertTrue(os.path.exists(TWISTD))
+
+
+class HandlerExampleTests(SynchronousTestCase):
+    """
+    The README's example handler works as shown.
+    """
+
+    def test_shout(self) -> None:
+        """The example Shout handler answers in capitals and announces arrivals."""
+        folder = scratch(self)
+        with open(os.path.join(folder, "myhandlers.py"), "w") as f:
+            f.write(recipe("handler", kind="example", language="python"))
+        env = environment()
+        env["PYTHONPATH"] = "."
+        server = Twistd(
+            self,
+            "tcpcomm",
+            "server",
+            "--handler",
+            "myhandlers:Shout",
+            "-p",
+            "0",
+            "-i",
+            "127.0.0.1",
+            cwd=folder,
+            env=env,
+        )
+        port = server.listeningPort()
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as first:
+            first.settimeout(WAIT)
+            with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as second:
+                self.assertRegex(first.recv(100), rb"^127\.0\.0\.1:\d+ joined\n$")
+                second.sendall(b"quiet please\n")
+                second.settimeout(WAIT)
+                self.assertEqual(second.recv(100), b"QUIET PLEASE\n")
