@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcpcomm.hub import Hub
-from tcpcomm.protocol import FramedProtocol, MessageFactory
+from tcpcomm.protocol import FramedProtocol, Limits, MessageFactory
 
 log = Logger()
 
@@ -108,11 +108,11 @@ class ClientFactory(MessageFactory):
         self,
         protocol: type[FramedProtocol],
         hub: Hub,
-        maxMessageSize: int,
+        limits: Limits,
         retryPolicy: RetryPolicy,
         status: ClientStatus,
     ) -> None:
-        super().__init__(protocol, hub, maxMessageSize)
+        super().__init__(protocol, hub, limits)
         self.retryPolicy = retryPolicy
         self.status = status
 

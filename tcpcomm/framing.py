@@ -6,9 +6,15 @@ so each path is kept to the receiver's own work plus one call.
 
 from __future__ import annotations
 
+import struct
+
 from twisted.protocols.basic import Int32StringReceiver, LineOnlyReceiver, NetstringReceiver
 
 from tcpcomm.protocol import FramedProtocol, log
+
+# hasPartial() reads the receivers' buffers (_buffer, _remainingData, _state,
+# _unprocessed): Twisted has kept them for over a decade, and
+# tests/test_framing.py fails if that changes.
 
 
 class LineFraming(FramedProtocol, LineOnlyReceiver):
@@ -18,6 +24,13 @@ class LineFraming(FramedProtocol, LineOnlyReceiver):
     """
 
     delimiter = b"\n"
+
+    @staticmethod
+    def frame(message: bytes) -> bytes:
+        return message + b"\n"
+
+    def hasPartial(self) -> bool:
+        return bool(self._buffer)
 
     def lineReceived(self, line: bytes) -> None:
         if line[-1:] == b"\r":
@@ -29,12 +42,21 @@ class LineFraming(FramedProtocol, LineOnlyReceiver):
 
     def sendMessage(self, message: bytes) -> None:
         self.transport.write(message + b"\n")
+        if self.writePaused:
+            self.overdue(len(message) + 1)
 
 
 class NetstringFraming(FramedProtocol, NetstringReceiver):
     """
     Netstrings (C{5:hello,}).
     """
+
+    @staticmethod
+    def frame(message: bytes) -> bytes:
+        return b"%d:%s," % (len(message), message)
+
+    def hasPartial(self) -> bool:
+        return bool(self._remainingData) or self._state == self._PARSING_PAYLOAD
 
     def stringReceived(self, string: bytes) -> None:
         self.conversation.messageReceived(string)
@@ -55,12 +77,21 @@ class NetstringFraming(FramedProtocol, NetstringReceiver):
 
     def sendMessage(self, message: bytes) -> None:
         self.sendString(message)
+        if self.writePaused:
+            self.overdue(len(message) + 12)
 
 
 class Int32Framing(FramedProtocol, Int32StringReceiver):
     """
     Messages behind a 4-byte big-endian length.
     """
+
+    @staticmethod
+    def frame(message: bytes) -> bytes:
+        return struct.pack("!I", len(message)) + message
+
+    def hasPartial(self) -> bool:
+        return bool(self._unprocessed)
 
     def stringReceived(self, string: bytes) -> None:
         self.conversation.messageReceived(string)
@@ -70,6 +101,8 @@ class Int32Framing(FramedProtocol, Int32StringReceiver):
 
     def sendMessage(self, message: bytes) -> None:
         self.sendString(message)
+        if self.writePaused:
+            self.overdue(len(message) + 4)
 
 
 class RawFraming(FramedProtocol):
@@ -79,6 +112,10 @@ class RawFraming(FramedProtocol):
     that send no delimiter at all.
     """
 
+    @staticmethod
+    def frame(message: bytes) -> bytes:
+        return message
+
     def dataReceived(self, data: bytes) -> None:
         if len(data) > self.MAX_LENGTH:
             self.tooLong(len(data))
@@ -87,6 +124,8 @@ class RawFraming(FramedProtocol):
 
     def sendMessage(self, message: bytes) -> None:
         self.transport.write(message)
+        if self.writePaused:
+            self.overdue(len(message))
 
 
 FRAMINGS: dict[str, type[FramedProtocol]] = {

@@ -26,7 +26,8 @@ log = Logger()
 class Texts:
     """
     What a side says: C{--encoding}, C{--reply-delay}, C{--reply},
-    C{--error-reply} and (the client's) C{--greeting}.
+    C{--error-reply}, and the client's C{--greeting} or the server's
+    C{--full-reply}.
     """
 
     encoding: str
@@ -34,6 +35,7 @@ class Texts:
     reply: Template
     errorReply: Template
     greeting: Template | None = None
+    fullReply: Template | None = None
 
 
 class Stats:
@@ -52,6 +54,10 @@ class Stats:
         "oversized",
         "framingErrors",
         "handlerErrors",
+        "slowConsumers",
+        "timeouts",
+        "refused",
+        "heartbeatsIn",
     )
 
     def __init__(self) -> None:
@@ -64,6 +70,10 @@ class Stats:
         self.oversized = 0
         self.framingErrors = 0
         self.handlerErrors = 0
+        self.slowConsumers = 0
+        self.timeouts = 0
+        self.refused = 0
+        self.heartbeatsIn = 0
 
 
 #: A watcher of the traffic and of peers coming and going: called with

@@ -129,6 +129,46 @@ class _CommonOptions(usage.Options):
             _number("--max-message-size", int, 1, 2**31 - 1),
         ],
         [
+            "max-pending-bytes",
+            None,
+            1 << 20,
+            "Bytes that may wait to be sent to a peer that does not read (beyond the "
+            "transport's own 64 KiB) before it is disconnected.",
+            _number("--max-pending-bytes", int, 1),
+        ],
+        [
+            "idle-timeout",
+            None,
+            0.0,
+            "Disconnect a peer that sends nothing (heartbeats count) for this many seconds; "
+            "0 is never.",
+            _number("--idle-timeout", float, 0),
+        ],
+        [
+            "message-timeout",
+            None,
+            60.0,
+            "Disconnect a peer that begins a message and does not finish it within this many "
+            "seconds; 0 is never.",
+            _number("--message-timeout", float, 0),
+        ],
+        [
+            "heartbeat",
+            None,
+            0.0,
+            "Send an empty message every this many seconds, and drop the connection when what "
+            "was sent stays unacknowledged that long (a peer gone without a word is noticed "
+            "within two intervals); 0 is off.",
+            _number("--heartbeat", float, 0),
+        ],
+        [
+            "keepalive",
+            None,
+            60.0,
+            "TCP keep-alive: first probe after this many idle seconds; 0 turns it off.",
+            _number("--keepalive", float, 0),
+        ],
+        [
             "handler",
             None,
             "delayed-reply",
@@ -170,6 +210,11 @@ class _CommonOptions(usage.Options):
             except HandlerNotFound as e:
                 raise usage.UsageError(str(e)) from None
         self._checkAdmin()
+        if self["heartbeat"] > 0 and self["framing"] == "raw":
+            raise usage.UsageError(
+                f"--heartbeat {self['heartbeat']} needs a framing with empty messages; "
+                "--framing raw has none"
+            )
         encoding = self["encoding"]
         if self["framing"] == "line" and "\n".encode(encoding) != b"\n":
             raise usage.UsageError(
@@ -285,6 +330,19 @@ class ServerOptions(_CommonOptions):
             "server error {time}",
             "Text sent at once for a message that does not decode.",
         ],
+        [
+            "max-connections",
+            None,
+            10000,
+            "Most clients at once; one more gets --full-reply and is disconnected.",
+            _number("--max-connections", int, 1),
+        ],
+        [
+            "full-reply",
+            None,
+            "server full {time}",
+            "Text sent to a client over --max-connections before it is disconnected.",
+        ],
         ["tls-cert", None, None, "PEM certificate (and chain) to serve TLS on --port with."],
         ["tls-key", None, None, "PEM private key of --tls-cert (default: read from --tls-cert)."],
         [
@@ -324,6 +382,9 @@ class ServerOptions(_CommonOptions):
             self["tls"] = serverOptions(cert, key, clientCA)
         except TLSFileError as e:
             raise usage.UsageError(str(e)) from None
+
+    def templateOptions(self) -> list[str]:
+        return ["reply", "error-reply", "full-reply"]
 
     def opt_listen(self, description: str) -> None:
         """A Twisted server endpoint description to listen on, such as tcp:9527:interface=127.0.0.1 or unix:/tmp/tcpcomm.sock; may be given more than once; replaces --port, --interface and --backlog."""

@@ -5,12 +5,14 @@ L{IPeer} face a conversation talks to.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import (
     IAddress,
     IHalfCloseableProtocol,
     IHandshakeListener,
+    IPushProducer,
     ITransport,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -19,6 +21,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcpcomm.interfaces import IConversation, IPeer
+from tcpcomm.liveness import Watchdog, tcpSocket, tuneSocket
+from tcpcomm.registry import addressText
 from tcpcomm.tls import subjectName
 
 if TYPE_CHECKING:
@@ -27,12 +31,41 @@ if TYPE_CHECKING:
 log = Logger()
 
 
-@implementer(IPeer, IHalfCloseableProtocol, IHandshakeListener)
+@dataclass(frozen=True)
+class Limits:
+    """
+    What a side allows its peers: message size, unread output, connection
+    count (servers), and the liveness settings (see L{tcpcomm.liveness}).
+    """
+
+    maxMessageSize: int = 65536
+    maxPendingBytes: int = 1 << 20
+    maxConnections: int | None = None
+    idleTimeout: float = 0.0
+    messageTimeout: float = 0.0
+    heartbeat: float = 0.0
+    keepalive: float = 0.0
+
+    @property
+    def watched(self) -> bool:
+        """
+        Whether arriving data must be timed (for the idle and message timeouts).
+        """
+        return self.idleTimeout > 0 or self.messageTimeout > 0
+
+
+@implementer(IPeer, IHalfCloseableProtocol, IHandshakeListener, IPushProducer)
 class FramedProtocol(Protocol):
     """
     Base of every framing: a framing subclass turns bytes into messages and
     hands each to C{self.conversation.messageReceived}, and implements
-    L{sendMessage}; this class does the rest.
+    L{sendMessage} (calling L{overdue} while the transport is full) and
+    L{frame}; this class does the rest.
+
+    It is also the producer of what it writes: when the transport's buffer
+    fills because the peer does not read, the transport pauses it, and it
+    counts what it is still asked to send; past C{--max-pending-bytes} it
+    drops the peer.
     """
 
     factory: MessageFactory
@@ -44,10 +77,78 @@ class FramedProtocol(Protocol):
     #: certificate the peer presented (L{None} if it presented none).
     secured: bool = False
     tlsSubject: str | None = None
+    #: While the transport's buffer is full: bytes sent since it filled.
+    writePaused: bool = False
+    pendingBytes: int = 0
+    watchdog: Watchdog | None = None
+
+    @staticmethod
+    def frame(message: bytes) -> bytes:
+        """
+        C{message} as this framing puts it on the wire.
+        """
+        raise NotImplementedError()
+
+    def hasPartial(self) -> bool:
+        """
+        Whether a message has begun to arrive but is not complete.
+        """
+        return False
 
     def connectionMade(self) -> None:
-        self.factory.peerConnected(self)
+        factory = self.factory
+        factory.peerConnected(self)
+        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        limits = factory.limits
+        sock = tcpSocket(self.transport)
+        if sock is not None:
+            tuneSocket(sock, limits.keepalive, limits.heartbeat)
+        if limits.watched or limits.heartbeat > 0:
+            self.watchdog = Watchdog(
+                self,
+                factory.hub.clock,
+                limits.idleTimeout,
+                limits.messageTimeout,
+                limits.heartbeat,
+            )
         self.conversation.connected()
+
+    def overdue(self, size: int) -> None:
+        """
+        C{size} more bytes were sent while the peer is not reading.
+        """
+        self.pendingBytes += size
+        limit = self.factory.limits.maxPendingBytes
+        if self.pendingBytes > limit:
+            self.factory.hub.stats.slowConsumers += 1
+            log.warn(
+                "disconnecting {peer}: it does not read, and {size} bytes wait to be sent "
+                "(--max-pending-bytes {limit})",
+                event="slow-consumer",
+                peer=self.id,
+                size=self.pendingBytes,
+                limit=limit,
+            )
+            self.pendingBytes = -(2**62)  # say it once
+            self.abort()
+
+    # IPushProducer: the transport's buffer filled, or drained.
+
+    # Reading from the peer goes on while paused: TLS pauses its producer
+    # until the handshake is done, and a paused read would stall the
+    # handshake itself. A peer that sends without reading is bounded by the
+    # count instead.
+
+    def pauseProducing(self) -> None:
+        self.writePaused = True
+        self.pendingBytes = 0
+
+    def resumeProducing(self) -> None:
+        self.writePaused = False
+        self.pendingBytes = 0
+
+    def stopProducing(self) -> None:
+        pass
 
     def handshakeCompleted(self) -> None:
         self.secured = True
@@ -60,6 +161,8 @@ class FramedProtocol(Protocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
         self.conversation.disconnected(reason)
         self.factory.peerLost(self, reason)
 
@@ -88,25 +191,69 @@ class FramedProtocol(Protocol):
         self.transport.abortConnection()  # type: ignore[attr-defined]
 
 
+class _Watched:
+    """
+    Times arriving data for the watchdog; mixed into a framing only when an
+    idle or message timeout is set, so that otherwise reading costs nothing.
+    """
+
+    watchdog: Watchdog
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)  # type: ignore[misc]
+        self.watchdog.received(self.hasPartial())  # type: ignore[attr-defined]
+
+
+class Refusal(Protocol):
+    """
+    What a peer over C{--max-connections} gets: one message saying so, in
+    its framing, and a closed connection.
+    """
+
+    def __init__(self, message: bytes, hub: Hub, limit: int) -> None:
+        self._message = message
+        self._hub = hub
+        self._limit = limit
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        self._hub.stats.refused += 1
+        log.warn(
+            "refusing {peer}: --max-connections {limit} reached",
+            event="refused",
+            peer=addressText(transport.getPeer()),
+            limit=self._limit,
+        )
+        transport.write(self._message)
+        transport.loseConnection()
+
+
 class MessageFactory(Factory[FramedProtocol]):
     """
-    Builds one framing's protocols and gives each its id and conversation.
-
-    @ivar registry: the peers connected through this factory.
+    Builds one framing's protocols and gives each its id and conversation,
+    within the side's L{Limits}.
     """
 
     protocol: type[FramedProtocol]
     noisy = False
 
-    def __init__(self, protocol: type[FramedProtocol], hub: Hub, maxMessageSize: int) -> None:
+    def __init__(self, protocol: type[FramedProtocol], hub: Hub, limits: Limits) -> None:
+        if limits.watched:
+            protocol = type(f"Watched{protocol.__name__}", (_Watched, protocol), {})
         self.protocol = protocol
         self.hub = hub
-        self.maxMessageSize = maxMessageSize
+        self.limits = limits
 
     def buildProtocol(self, addr: IAddress | None) -> FramedProtocol:
+        limits = self.limits
+        if limits.maxConnections is not None and len(self.hub.registry) >= limits.maxConnections:
+            full = self.hub.texts.fullReply
+            text = full.render(self.hub.clock.seconds()) if full is not None else b"full"
+            return Refusal(self.protocol.frame(text), self.hub, limits.maxConnections)  # type: ignore[return-value]
         p = self.protocol()
         p.factory = self
-        p.MAX_LENGTH = self.maxMessageSize
+        p.MAX_LENGTH = limits.maxMessageSize
         return p
 
     def peerConnected(self, peer: FramedProtocol) -> None:

@@ -66,6 +66,10 @@ class Session:
         hub = self.hub
         stats = hub.stats
         size = len(message)
+        if not size:
+            # A heartbeat: activity, never a message, never answered.
+            stats.heartbeatsIn += 1
+            return
         self.messagesIn += 1
         self.bytesIn += size
         stats.messagesIn += 1

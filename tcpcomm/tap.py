@@ -26,7 +26,7 @@ from tcpcomm.framing import FRAMINGS
 from tcpcomm.hub import Hub, Texts
 from tcpcomm.metrics import makeRegistry
 from tcpcomm.options import ClientOptions, Options, ServerOptions
-from tcpcomm.protocol import MessageFactory
+from tcpcomm.protocol import Limits, MessageFactory
 from tcpcomm.server import listeningService, makeServerService
 
 __all__ = ["Options", "makeService"]
@@ -44,8 +44,24 @@ def makeHub(options: ServerOptions | ClientOptions, clock: IReactorTime, client:
         reply=options["reply"],
         errorReply=options["error-reply"],
         greeting=options["greeting"] if client else None,
+        fullReply=None if client else options["full-reply"],
     )
     return Hub(clock, texts, options["handler"])
+
+
+def makeLimits(options: ServerOptions | ClientOptions, client: bool) -> Limits:
+    """
+    What the side allows its peers.
+    """
+    return Limits(
+        maxMessageSize=options["max-message-size"],
+        maxPendingBytes=options["max-pending-bytes"],
+        maxConnections=None if client else options["max-connections"],
+        idleTimeout=options["idle-timeout"],
+        messageTimeout=options["message-timeout"],
+        heartbeat=options["heartbeat"],
+        keepalive=options["keepalive"],
+    )
 
 
 def makeServer(options: ServerOptions, reactor: Any) -> MultiService:
@@ -53,7 +69,7 @@ def makeServer(options: ServerOptions, reactor: Any) -> MultiService:
     The server: its listeners, and the hub of its peers.
     """
     hub = makeHub(options, reactor, client=False)
-    factory = MessageFactory(FRAMINGS[options["framing"]], hub, options["max-message-size"])
+    factory = MessageFactory(FRAMINGS[options["framing"]], hub, makeLimits(options, client=False))
     top = makeServerService(
         serverEndpoints(options, reactor),
         factory,
@@ -128,7 +144,7 @@ def makeClient(options: ClientOptions, reactor: Any) -> MultiService:
     hub = makeHub(options, reactor, client=True)
     status = ClientStatus(description)
     factory = ClientFactory(
-        FRAMINGS[options["framing"]], hub, options["max-message-size"], policy, status
+        FRAMINGS[options["framing"]], hub, makeLimits(options, client=True), policy, status
     )
     top = MultiService()
     makeClientService(endpoint, factory, reactor).setServiceParent(top)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -14,7 +14,7 @@ from tcpcomm.framing import FRAMINGS
 from tcpcomm.handlers import DelayedReply, HandlerFactory
 from tcpcomm.hub import Hub, Texts
 from tcpcomm.interfaces import IConversation, IPeer
-from tcpcomm.protocol import FramedProtocol, MessageFactory
+from tcpcomm.protocol import FramedProtocol, Limits, MessageFactory
 from tcpcomm.templates import Template
 
 # 2026-11-28 12:00:00 in whatever zone the tests run: only the shape is checked.
@@ -82,6 +82,7 @@ def connect(
     clock: Clock | None = None,
     hub: Hub | None = None,
     record: bool = False,
+    **limits: Any,
 ) -> tuple[FramedProtocol, StringTransport, Clock, MessageFactory]:
     """
     A server-side protocol of C{framing} on C{hub} (a new one by default),
@@ -95,7 +96,9 @@ def connect(
         hub = makeHub(clock, delay)
         if record:
             hub = RecordingHub(clock, hub.texts, DelayedReply)
-    factory = MessageFactory(FRAMINGS[framing], hub, maxMessageSize)
+    factory = MessageFactory(
+        FRAMINGS[framing], hub, Limits(maxMessageSize=maxMessageSize, **limits)
+    )
     protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
     protocol.makeConnection(transport)

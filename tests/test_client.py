@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tcpcomm.client import ClientFactory, ClientStatus, RetryPolicy, makeClientService
 from tcpcomm.framing import LineFraming
+from tcpcomm.protocol import Limits
 
 from .support import NOON, makeHub
 
@@ -78,7 +79,9 @@ class ClientServiceTests(SynchronousTestCase):
         self.policy = RetryPolicy(self.reactor, 1, 30, 10, random=lambda: 1.0)
         hub = makeHub(self.reactor, greeting="hello {time}")
         self.status = ClientStatus("127.0.0.1:9527")
-        self.factory = ClientFactory(LineFraming, hub, 1024, self.policy, self.status)
+        self.factory = ClientFactory(
+            LineFraming, hub, Limits(maxMessageSize=1024), self.policy, self.status
+        )
         from twisted.internet.endpoints import TCP4ClientEndpoint
 
         endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", 9527)

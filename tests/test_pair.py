@@ -13,7 +13,7 @@ from tcpcomm.framing import FRAMINGS
 from tcpcomm.handlers import DelayedReply
 from tcpcomm.hub import Hub, Texts
 from tcpcomm.interfaces import IHandler, ISession
-from tcpcomm.protocol import MessageFactory
+from tcpcomm.protocol import Limits, MessageFactory
 from tcpcomm.templates import Template
 
 
@@ -36,11 +36,11 @@ class PairTests(SynchronousTestCase):
             )
             return Hub(clock, texts, lambda hub: Hearing(DelayedReply(hub), heard[side]))
 
-        serverFactory = MessageFactory(FRAMINGS[framing], hub("server", None), 1000)
+        serverFactory = MessageFactory(FRAMINGS[framing], hub("server", None), Limits(1000))
         clientFactory = ClientFactory(
             FRAMINGS[framing],
             hub("client", "hello"),
-            1000,
+            Limits(1000),
             RetryPolicy(clock, 1, 30, 10),
             ClientStatus("server"),
         )

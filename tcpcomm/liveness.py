@@ -1,0 +1,152 @@
+"""
+Keeping connections honest over months: TCP keep-alive, heartbeats, and
+closing peers that go silent or never finish a message. Every timer runs on
+the injected clock, and nothing here touches the message path unless it is
+turned on.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from tcpcomm.protocol import FramedProtocol
+
+log = Logger()
+
+# Linux's TCP_USER_TIMEOUT (not in every Python's socket module).
+TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
+
+
+def tcpSocket(transport: Any) -> socket.socket | None:
+    """
+    The TCP socket under C{transport} (under TLS too), or L{None} for other
+    transports, such as UNIX sockets and test doubles.
+    """
+    while transport is not None:
+        getHandle = getattr(transport, "getHandle", None)
+        handle = getHandle() if getHandle is not None else None
+        if isinstance(handle, socket.socket):
+            if handle.family in (socket.AF_INET, socket.AF_INET6):
+                return handle
+            return None
+        transport = getattr(transport, "transport", None)
+    return None
+
+
+def tuneSocket(sock: socket.socket, keepalive: float, heartbeat: float) -> None:
+    """
+    Turn on TCP keep-alive (first probe after C{keepalive} idle seconds,
+    then two more a third of that apart); with heartbeats, have the kernel
+    drop the connection when sent data stays unacknowledged for one
+    heartbeat interval, which is how a peer that vanished without a FIN is
+    noticed within two intervals.
+    """
+    if keepalive > 0:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(keepalive)))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(keepalive / 3)))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    if heartbeat > 0:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, max(1, int(heartbeat * 1000)))
+        except OSError:  # not Linux
+            pass
+
+
+class Watchdog:
+    """
+    One connection's liveness timers: heartbeats out, and deadlines for
+    silence (C{idleTimeout}) and for finishing a message once begun
+    (C{messageTimeout}). Activity is noted as timestamps; the one timer
+    wakes at the earliest deadline and looks again, so data arriving costs
+    no timer work.
+    """
+
+    def __init__(
+        self,
+        protocol: FramedProtocol,
+        clock: IReactorTime,
+        idleTimeout: float,
+        messageTimeout: float,
+        heartbeat: float,
+    ) -> None:
+        self._protocol = protocol
+        self._clock = clock
+        self._idle = idleTimeout
+        self._message = messageTimeout
+        self.lastData = clock.seconds()
+        self.partialSince: float | None = None
+        self._timer: IDelayedCall | None = None
+        self._beat: LoopingCall | None = None
+        if heartbeat > 0:
+            self._beat = LoopingCall(protocol.sendMessage, b"")
+            self._beat.clock = clock
+            self._beat.start(heartbeat, now=False)
+        if idleTimeout > 0:
+            self._wakeAt(self.lastData + idleTimeout)
+
+    def received(self, partial: bool) -> None:
+        """
+        Bytes arrived; C{partial} if a message is now begun but unfinished.
+        """
+        now = self.lastData = self._clock.seconds()
+        if not partial:
+            self.partialSince = None
+        elif self.partialSince is None:
+            self.partialSince = now
+            if self._message > 0:
+                self._wakeAt(now + self._message)
+
+    def _wakeAt(self, when: float) -> None:
+        timer = self._timer
+        if timer is not None and timer.active():
+            if timer.getTime() <= when:
+                return
+            timer.cancel()
+        self._timer = self._clock.callLater(max(0.0, when - self._clock.seconds()), self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        now = self._clock.seconds()
+        deadlines = []
+        if self._idle > 0:
+            if now - self.lastData >= self._idle:
+                return self._expire("silent for {seconds} s (--idle-timeout)", self._idle)
+            deadlines.append(self.lastData + self._idle)
+        if self._message > 0 and self.partialSince is not None:
+            if now - self.partialSince >= self._message:
+                return self._expire(
+                    "a message begun {seconds} s ago is still unfinished (--message-timeout)",
+                    self._message,
+                )
+            deadlines.append(self.partialSince + self._message)
+        if deadlines:
+            self._wakeAt(min(deadlines))
+
+    def _expire(self, why: str, seconds: float) -> None:
+        protocol = self._protocol
+        protocol.factory.hub.stats.timeouts += 1
+        log.info(
+            "disconnecting {peer}: " + why,
+            event="timeout",
+            peer=protocol.id,
+            seconds=seconds,
+        )
+        protocol.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        """
+        The connection is gone: stop every timer.
+        """
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._beat is not None and self._beat.running:
+            self._beat.stop()
