@@ -17,11 +17,13 @@ from typing import Any
 from urllib.parse import unquote
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
 
 from tcpcomm.client import ClientStatus
 from tcpcomm.hub import Hub
@@ -209,11 +211,66 @@ class AdminResource(Resource):
         return json.dumps(body).encode() + b"\n"
 
 
+@implementer(IPushProducer)
+class _Subscriber:
+    """
+    One C{GET /events} reader. It is the producer of its stream: while the
+    reader does not keep up (the transport paused it), events are dropped,
+    not buffered, and the reader is told how many when it catches up. A
+    comment every C{keepalive} seconds keeps proxies from closing a quiet
+    stream.
+    """
+
+    def __init__(self, hub: Hub, request: Request, clock: IReactorTime, keepalive: float) -> None:
+        self._hub = hub
+        self._request = request
+        self._clock = clock
+        self._paused = False
+        self._dropped = 0
+        self._keepalive = LoopingCall(request.write, b": keep-alive\n\n")
+        self._keepalive.clock = clock
+        request.registerProducer(self, True)
+        request.write(b": tcpcomm events\n\n")
+        hub.watchers.append(self.watch)
+        self._keepalive.start(keepalive, now=False)
+        request.notifyFinish().addBoth(self._finished)
+
+    def watch(self, kind: str, session: ISession, text: str) -> None:
+        if self._paused:
+            self._dropped += 1
+            return
+        event = {"kind": kind, "peer": session.id, "text": text}
+        event["time"] = isoTime(self._clock.seconds())
+        self._request.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._dropped:
+            self._request.write(
+                b": %d events dropped while the reader was behind\n\n" % self._dropped
+            )
+            self._dropped = 0
+
+    def stopProducing(self) -> None:
+        self._paused = True
+
+    def _finished(self, result: object) -> None:
+        if self.watch in self._hub.watchers:
+            self._hub.watchers.remove(self.watch)
+        if self._keepalive.running:
+            self._keepalive.stop()
+
+
 class EventStream:
     """
     C{GET /events}: the traffic and the comings and goings of peers, as
     Server-Sent Events, for the dashboard's live tail.
     """
+
+    keepalive = 20.0
 
     def __init__(self, hub: Hub, clock: IReactorTime) -> None:
         self._hub = hub
@@ -222,19 +279,7 @@ class EventStream:
     def __call__(self, request: Request, params: list[str]) -> object:
         request.setHeader(b"content-type", b"text/event-stream")
         request.setHeader(b"cache-control", b"no-store")
-        request.write(b": tcpcomm events\n\n")
-
-        def watcher(kind: str, session: ISession, text: str) -> None:
-            event = {"kind": kind, "peer": session.id, "text": text}
-            event["time"] = isoTime(self._clock.seconds())
-            request.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-
-        self._hub.watchers.append(watcher)
-
-        def done(result: object) -> None:
-            self._hub.watchers.remove(watcher)
-
-        request.notifyFinish().addBoth(done)
+        _Subscriber(self._hub, request, self._clock, self.keepalive)
         return NOT_DONE_YET
 
 

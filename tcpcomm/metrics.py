@@ -47,6 +47,26 @@ class HubCollector(Collector):
                 stats.framingErrors,
             ),
             ("tcpcomm_handler_errors", "Exceptions raised by the handler.", stats.handlerErrors),
+            (
+                "tcpcomm_slow_consumer_disconnects",
+                "Peers disconnected for not reading past --max-pending-bytes.",
+                stats.slowConsumers,
+            ),
+            (
+                "tcpcomm_timeout_disconnects",
+                "Peers disconnected by --idle-timeout or --message-timeout.",
+                stats.timeouts,
+            ),
+            (
+                "tcpcomm_refused_connections",
+                "Connections refused over --max-connections.",
+                stats.refused,
+            ),
+            (
+                "tcpcomm_heartbeats_received",
+                "Empty messages (heartbeats) received.",
+                stats.heartbeatsIn,
+            ),
         ]:
             yield CounterMetricFamily(name, documentation, value=value)
         status = self._status

@@ -23,7 +23,9 @@ def addressText(address: IAddress) -> str:
         return f"{address.host}:{address.port}"
     if isinstance(address, IPv6Address):
         return f"[{address.host}]:{address.port}"
-    if isinstance(address, UNIXAddress) and address.name:
+    if isinstance(address, UNIXAddress):
+        if not address.name:
+            return "unix"  # the peer of a UNIX socket has no name of its own
         name = address.name.decode() if isinstance(address.name, bytes) else address.name
         return f"unix:{name}"
     return str(address)
