@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import IO
+from typing import IO, Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -162,6 +162,56 @@ def waitForFile(path: str, pattern: str, timeout: float = WAIT) -> re.Match[str]
                 return match
         time.sleep(0.02)
     raise AssertionError(f"no {pattern!r} in {path} within {timeout} s:\n{text}")
+
+
+#: A server on a free loopback port: the start of most servers the tests run.
+LOCAL_SERVER = ("tcpcomm", "server", "-p", "0", "-i", "127.0.0.1")
+
+
+def localServer(case: SynchronousTestCase, *args: str, **kwargs: Any) -> Twistd:
+    """
+    C{twistd -n tcpcomm server} on a free loopback port, with C{args}.
+    """
+    return Twistd(case, *LOCAL_SERVER, *args, **kwargs)
+
+
+class Daemon:
+    """
+    A daemonized C{twistd} (no C{-n}) with its own pidfile and logfile in
+    C{folder}, stopped by its pid after the test.
+    """
+
+    def __init__(self, case: SynchronousTestCase, folder: str, name: str, *args: str) -> None:
+        self.pidfile = os.path.join(folder, f"{name}.pid")
+        self.logfile = os.path.join(folder, f"{name}.log")
+        result = run(case, "--pidfile", self.pidfile, "--logfile", self.logfile, *args)
+        case.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        waitForFile(self.pidfile, r"^\d+")
+        with open(self.pidfile) as f:
+            self.pid = int(f.read())
+        case.addCleanup(self.stop)
+
+    def log(self) -> str:
+        with open(self.logfile, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def stop(self) -> None:
+        """
+        SIGTERM the daemon and wait (bounded) for its pidfile to go; kill it
+        if it lingers.
+        """
+        try:
+            os.kill(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + WAIT
+        while os.path.exists(self.pidfile) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return
+        os.kill(self.pid, signal.SIGKILL)
 
 
 def readUntilClosed(sock: socket.socket, timeout: float = WAIT) -> bytes:

@@ -18,7 +18,7 @@ from urllib.parse import quote
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from .processes import BIN, WAIT, Twistd, environment, readUntilClosed, run, scratch
+from .processes import BIN, WAIT, Twistd, environment, localServer, readUntilClosed, run, scratch
 
 ADMIN_PORT = r"listening on 127\.0\.0\.1:(\d+) \(admin API"
 
@@ -53,14 +53,8 @@ class ServerAPITestCase(SynchronousTestCase):
     extra: tuple[str, ...] = ()
 
     def setUp(self) -> None:
-        self.server = Twistd(
+        self.server = localServer(
             self,
-            "tcpcomm",
-            "server",
-            "-p",
-            "0",
-            "-i",
-            "127.0.0.1",
             "--reply-delay",
             "0",
             "--max-message-size",
@@ -385,7 +379,7 @@ class ClientAPITests(SynchronousTestCase):
 
     def test_connected(self) -> None:
         """Connected, /status says since when, and POST /messages reaches the server."""
-        server = Twistd(self, "tcpcomm", "server", "-p", "0", "-i", "127.0.0.1")
+        server = localServer(self)
         port = server.listeningPort()
         client, admin = self.client(port)
         client.waitFor(f"connected 127.0.0.1:{port}")

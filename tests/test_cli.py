@@ -14,7 +14,16 @@ import sys
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from .processes import BIN, WAIT, Twistd, environment, freePort, readUntilClosed, scratch
+from .processes import (
+    BIN,
+    WAIT,
+    Twistd,
+    environment,
+    freePort,
+    localServer,
+    readUntilClosed,
+    scratch,
+)
 
 TCPCOMM = os.path.join(BIN, "tcpcomm")
 ADMIN = "tcp:0:interface=127.0.0.1"
@@ -250,7 +259,7 @@ class ClientCommandTests(SynchronousTestCase):
 
     def test_status(self) -> None:
         """status shows the client connected to its server, and --json says so too."""
-        plain = Twistd(self, "tcpcomm", "server", "-p", "0", "-i", "127.0.0.1")
+        plain = localServer(self)
         port = plain.listeningPort()
         client = Twistd(self, "tcpcomm", "client", "-p", str(port), "--admin", ADMIN)
         url = f"http://127.0.0.1:{client.listeningPort()}"

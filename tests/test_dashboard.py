@@ -15,7 +15,16 @@ from typing import TypeVar
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from .processes import STOPPED, WAIT, Twistd, assertCleanLog, freePort, readUntilClosed, scratch
+from .processes import (
+    STOPPED,
+    WAIT,
+    Twistd,
+    assertCleanLog,
+    freePort,
+    localServer,
+    readUntilClosed,
+    scratch,
+)
 
 try:
     from selenium import webdriver
@@ -213,14 +222,8 @@ class DashboardTests(SynchronousTestCase):
         Start a server with an admin API (on port C{admin}, 0 for any); return
         it, its message port and the dashboard's URL.
         """
-        process = Twistd(
+        process = localServer(
             self,
-            "tcpcomm",
-            "server",
-            "-p",
-            "0",
-            "-i",
-            "127.0.0.1",
             "--reply-delay",
             "0",
             "--admin",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import stat
 import time
@@ -16,12 +15,14 @@ from typing import Any
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from .processes import (
+    LOCAL_SERVER,
     STOPPED,
     WAIT,
+    Daemon,
     Twistd,
     assertCleanLog,
+    localServer,
     readUntilClosed,
-    run,
     scratch,
     waitForFile,
 )
@@ -119,30 +120,6 @@ class UNIXSocketTests(SynchronousTestCase):
         self.assertIn("closing 2 connection(s)", server.output())
 
 
-def readPid(path: str) -> int:
-    waitForFile(path, r"^\d+")
-    with open(path) as f:
-        return int(f.read())
-
-
-def stopDaemon(pidfile: str, pid: int) -> None:
-    """
-    SIGTERM the daemon by its pid and wait (bounded) for its pidfile to go.
-    """
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + WAIT
-    while os.path.exists(pidfile) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return
-    os.kill(pid, signal.SIGKILL)
-
-
 class DaemonsSideBySideTests(SynchronousTestCase):
     """
     A daemonized server and client in one folder, each with its own files.
@@ -151,57 +128,19 @@ class DaemonsSideBySideTests(SynchronousTestCase):
     def test_sideBySide(self) -> None:
         """Both start, talk, and stop cleanly, removing their own pidfiles."""
         folder = scratch(self)
-        files = {
-            side: (os.path.join(folder, f"{side}.pid"), os.path.join(folder, f"{side}.log"))
-            for side in ("server", "client")
-        }
-        pidfile, logfile = files["server"]
-        result = run(
-            self,
-            "--pidfile",
-            pidfile,
-            "--logfile",
-            logfile,
-            "tcpcomm",
-            "server",
-            "-p",
-            "0",
-            "-i",
-            "127.0.0.1",
-            "--reply-delay",
-            "0.2",
+        server = Daemon(self, folder, "server", *LOCAL_SERVER, "--reply-delay", "0.2")
+        port = waitForFile(server.logfile, r"listening on [\d.]+:(\d+)").group(1)
+        client = Daemon(
+            self, folder, "client", "tcpcomm", "client", "-p", port, "--reply-delay", "0.2"
         )
-        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
-        serverPid = readPid(pidfile)
-        self.addCleanup(stopDaemon, pidfile, serverPid)
-        port = waitForFile(logfile, r"listening on [\d.]+:(\d+)").group(1)
-        pidfile, logfile = files["client"]
-        result = run(
-            self,
-            "--pidfile",
-            pidfile,
-            "--logfile",
-            logfile,
-            "tcpcomm",
-            "client",
-            "-p",
-            port,
-            "--reply-delay",
-            "0.2",
-        )
-        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
-        clientPid = readPid(pidfile)
-        self.addCleanup(stopDaemon, pidfile, clientPid)
-        self.assertNotEqual(serverPid, clientPid)
-        waitForFile(logfile, rf"message from 127\.0\.0\.1:{port}: response from server")
-        waitForFile(files["server"][1], r"message from 127\.0\.0\.1:\d+: response from client")
-        for side, pid in (("client", clientPid), ("server", serverPid)):
-            pidfile, logfile = files[side]
-            stopDaemon(pidfile, pid)
-            self.assertFalse(os.path.exists(pidfile), side)
-            waitForFile(logfile, "Server Shut Down")
-            with open(logfile) as f:
-                assertCleanLog(self, f.read())
+        self.assertNotEqual(server.pid, client.pid)
+        waitForFile(client.logfile, rf"message from 127\.0\.0\.1:{port}: response from server")
+        waitForFile(server.logfile, r"message from 127\.0\.0\.1:\d+: response from client")
+        for daemon in (client, server):
+            daemon.stop()
+            self.assertFalse(os.path.exists(daemon.pidfile), daemon.pidfile)
+            waitForFile(daemon.logfile, "Server Shut Down")
+            assertCleanLog(self, daemon.log())
 
 
 class ShutdownTests(SynchronousTestCase):
@@ -211,14 +150,8 @@ class ShutdownTests(SynchronousTestCase):
 
     def test_peerThatStopsReading(self) -> None:
         """A peer with unread replies piling up is dropped after --shutdown-timeout."""
-        server = Twistd(
+        server = localServer(
             self,
-            "tcpcomm",
-            "server",
-            "-p",
-            "0",
-            "-i",
-            "127.0.0.1",
             "--reply-delay",
             "0",
             "--shutdown-timeout",
@@ -257,14 +190,8 @@ class JSONLogTests(SynchronousTestCase):
 
     def test_foreground(self) -> None:
         """In the foreground every line of output is a JSON event, named and with its fields."""
-        server = Twistd(
+        server = localServer(
             self,
-            "tcpcomm",
-            "server",
-            "-p",
-            "0",
-            "-i",
-            "127.0.0.1",
             "--reply-delay",
             "0",
             "--log-format",
@@ -292,29 +219,8 @@ class JSONLogTests(SynchronousTestCase):
 
     def test_daemonLogfile(self) -> None:
         """Daemonized, the JSON lines go to --logfile."""
-        folder = scratch(self)
-        pidfile, logfile = os.path.join(folder, "s.pid"), os.path.join(folder, "s.log")
-        result = run(
-            self,
-            "--pidfile",
-            pidfile,
-            "--logfile",
-            logfile,
-            "tcpcomm",
-            "server",
-            "-p",
-            "0",
-            "-i",
-            "127.0.0.1",
-            "--log-format",
-            "json",
-        )
-        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
-        pid = readPid(pidfile)
-        self.addCleanup(stopDaemon, pidfile, pid)
-        waitForFile(logfile, r'"event": "listening"')
-        stopDaemon(pidfile, pid)
-        waitForFile(logfile, r"Server Shut Down")
-        with open(logfile) as f:
-            events = jsonLines(f.read())
-        self.assertIn("listening", [e["event"] for e in events])
+        daemon = Daemon(self, scratch(self), "server", *LOCAL_SERVER, "--log-format", "json")
+        waitForFile(daemon.logfile, r'"event": "listening"')
+        daemon.stop()
+        waitForFile(daemon.logfile, r"Server Shut Down")
+        self.assertIn("listening", [e["event"] for e in jsonLines(daemon.log())])

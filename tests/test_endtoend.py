@@ -8,7 +8,6 @@ import os
 import re
 import selectors
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -17,8 +16,10 @@ from typing import cast
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from .processes import (
+    LOCAL_SERVER,
     STOPPED,
     WAIT,
+    Daemon,
     Twistd,
     assertCleanLog,
     environment,
@@ -245,42 +246,16 @@ class DaemonTests(SynchronousTestCase):
 
     def test_daemonServesAndStops(self) -> None:
         """The daemon writes its pid, serves, and on SIGTERM stops and removes the pidfile."""
-        folder = scratch(self)
-        pidfile = os.path.join(folder, "server.pid")
-        logfile = os.path.join(folder, "server.log")
-        result = run(
-            self,
-            "--pidfile",
-            pidfile,
-            "--logfile",
-            logfile,
-            "tcpcomm",
-            "server",
-            "--port",
-            "0",
-            "--interface",
-            "127.0.0.1",
-            "--reply-delay",
-            "0",
-        )
-        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
-        with open(pidfile) as f:
-            pid = int(f.read())
-        try:
-            port = int(waitForFile(logfile, r"listening on [\d.]+:(\d+)").group(1))
-            with dial(port) as sock:
-                sock.sendall(b"hi\n")
-                sock.shutdown(socket.SHUT_WR)
-                self.assertRegex(readUntilClosed(sock), REPLY)
-        finally:
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + WAIT
-            while os.path.exists(pidfile) and time.monotonic() < deadline:
-                time.sleep(0.02)
-        self.assertFalse(os.path.exists(pidfile))
-        waitForFile(logfile, "Server Shut Down")
-        with open(logfile) as f:
-            assertCleanLog(self, f.read())
+        daemon = Daemon(self, scratch(self), "server", *LOCAL_SERVER, "--reply-delay", "0")
+        port = int(waitForFile(daemon.logfile, r"listening on [\d.]+:(\d+)").group(1))
+        with dial(port) as sock:
+            sock.sendall(b"hi\n")
+            sock.shutdown(socket.SHUT_WR)
+            self.assertRegex(readUntilClosed(sock), REPLY)
+        daemon.stop()
+        self.assertFalse(os.path.exists(daemon.pidfile))
+        waitForFile(daemon.logfile, "Server Shut Down")
+        assertCleanLog(self, daemon.log())
 
 
 class ClientTests(SynchronousTestCase):
