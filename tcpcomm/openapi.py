@@ -14,6 +14,18 @@ def _error(description: str) -> dict[str, Any]:
     }
 
 
+def _object(**properties: str) -> dict[str, Any]:
+    """
+    A schema for an object whose every property is required, each of the
+    given JSON type.
+    """
+    return {
+        "type": "object",
+        "properties": {name: {"type": kind} for name, kind in properties.items()},
+        "required": list(properties),
+    }
+
+
 def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -154,14 +166,7 @@ def openapi(role: str, tokenRequired: bool) -> dict[str, Any]:
                         "responses": {
                             "200": _json(
                                 "Sent.",
-                                {
-                                    "type": "object",
-                                    "properties": {
-                                        "id": {"type": "string"},
-                                        "sent": {"type": "integer"},
-                                    },
-                                    "required": ["id", "sent"],
-                                },
+                                _object(id="string", sent="integer"),
                             ),
                             "404": _error("No such client is connected."),
                             **_SEND_ERRORS,
@@ -177,14 +182,7 @@ def openapi(role: str, tokenRequired: bool) -> dict[str, Any]:
                         "responses": {
                             "200": _json(
                                 "Closing.",
-                                {
-                                    "type": "object",
-                                    "properties": {
-                                        "id": {"type": "string"},
-                                        "disconnected": {"type": "boolean"},
-                                    },
-                                    "required": ["id", "disconnected"],
-                                },
+                                _object(id="string", disconnected="boolean"),
                             ),
                             "404": _error("No such client is connected."),
                             **protected,
@@ -247,14 +245,7 @@ def openapi(role: str, tokenRequired: bool) -> dict[str, Any]:
                         "responses": {
                             "200": _json(
                                 "Sent.",
-                                {
-                                    "type": "object",
-                                    "properties": {
-                                        "server": {"type": "string"},
-                                        "sent": {"type": "integer"},
-                                    },
-                                    "required": ["server", "sent"],
-                                },
+                                _object(server="string", sent="integer"),
                             ),
                             "503": _error("Not connected to the server right now."),
                             **_SEND_ERRORS,
