@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred
@@ -158,13 +159,31 @@ class LoggingEndpoint:
         return self._endpoint.connect(factory).addErrback(failed)
 
 
+class _ClosingClientService(ClientService):
+    """
+    Closes the connection through its session on stop, so that the
+    protocol stops producing first.
+    """
+
+    def __init__(self, hub: Hub, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._hub = hub
+
+    def stopService(self) -> Any:
+        result = super().stopService()
+        for session in self._hub.sessions():
+            session.close()
+        return result
+
+
 def makeClientService(
     endpoint: IStreamClientEndpoint, factory: ClientFactory, clock: IReactorTime
 ) -> ClientService:
     """
     A service that keeps one connection to C{endpoint} for as long as it runs.
     """
-    return ClientService(
+    return _ClosingClientService(
+        factory.hub,
         LoggingEndpoint(endpoint, factory.status),
         factory,
         retryPolicy=factory.retryPolicy,

@@ -24,6 +24,9 @@ class LineFraming(FramedProtocol, LineOnlyReceiver):
     """
 
     delimiter = b"\n"
+    # The receiver counts a line's "\r" against MAX_LENGTH: allow one byte
+    # for it, and hold a line without one to the limit in lineReceived.
+    slack = 1
 
     @staticmethod
     def frame(message: bytes) -> bytes:
@@ -35,6 +38,9 @@ class LineFraming(FramedProtocol, LineOnlyReceiver):
     def lineReceived(self, line: bytes) -> None:
         if line[-1:] == b"\r":
             line = line[:-1]
+        elif len(line) == self.MAX_LENGTH:
+            self.tooLong(len(line))
+            return
         self.conversation.messageReceived(line)
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -66,6 +72,7 @@ class NetstringFraming(FramedProtocol, NetstringReceiver):
             return
         NetstringReceiver.dataReceived(self, data)
         if self.brokenPeer:
+            self.close()
             self.factory.hub.stats.framingErrors += 1
             log.warn(
                 "disconnecting {peer}: not a netstring, or one longer than "

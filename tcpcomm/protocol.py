@@ -81,6 +81,9 @@ class FramedProtocol(Protocol):
     writePaused: bool = False
     pendingBytes: int = 0
     watchdog: Watchdog | None = None
+    #: Bytes a framing's receiver counts beyond the message (see LineFraming).
+    slack = 0
+    unregistered: bool = False
 
     @staticmethod
     def frame(message: bytes) -> bytes:
@@ -140,8 +143,11 @@ class FramedProtocol(Protocol):
     # count instead.
 
     def pauseProducing(self) -> None:
-        self.writePaused = True
-        self.pendingBytes = 0
+        # Twisted calls this on every write while its buffer is full: count
+        # from the first.
+        if not self.writePaused:
+            self.writePaused = True
+            self.pendingBytes = 0
 
     def resumeProducing(self) -> None:
         self.writePaused = False
@@ -158,18 +164,25 @@ class FramedProtocol(Protocol):
         self.conversation.inputEnded()
 
     def writeConnectionLost(self) -> None:
-        self.transport.loseConnection()
+        self.close()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.watchdog is not None:
             self.watchdog.stop()
+            self.watchdog = None
         self.conversation.disconnected(reason)
         self.factory.peerLost(self, reason)
+        # The session and the protocol refer to each other: let go here, so
+        # that a closed connection's memory is freed at once rather than by
+        # the cycle collector some time later.
+        del self.conversation
 
     def tooLong(self, size: int) -> None:
         """
         The peer sent a message over the limit: say so and hang up on it.
         """
+        if self.transport.disconnecting:  # type: ignore[attr-defined]
+            return  # already said: the rest of its last chunk is moot
         self.factory.hub.stats.oversized += 1
         log.warn(
             "disconnecting {peer}: message of {size} bytes or more exceeds "
@@ -177,15 +190,20 @@ class FramedProtocol(Protocol):
             event="oversized",
             peer=self.id,
             size=size,
-            limit=self.MAX_LENGTH,
+            limit=self.factory.limits.maxMessageSize,
         )
-        self.transport.loseConnection()
+        self.close()
 
     def sendMessage(self, message: bytes) -> None:
         raise NotImplementedError()
 
     def close(self) -> None:
+        # A registered producer keeps a transport open: TCP once it has
+        # paused it, TLS always.
         self.transport.loseConnection()
+        if not self.unregistered:
+            self.unregistered = True
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
 
     def abort(self) -> None:
         self.transport.abortConnection()  # type: ignore[attr-defined]
@@ -253,7 +271,7 @@ class MessageFactory(Factory[FramedProtocol]):
             return Refusal(self.protocol.frame(text), self.hub, limits.maxConnections)  # type: ignore[return-value]
         p = self.protocol()
         p.factory = self
-        p.MAX_LENGTH = limits.maxMessageSize
+        p.MAX_LENGTH = limits.maxMessageSize + p.slack
         return p
 
     def peerConnected(self, peer: FramedProtocol) -> None:

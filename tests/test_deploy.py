@@ -156,6 +156,10 @@ class ShutdownTests(SynchronousTestCase):
             "0",
             "--shutdown-timeout",
             "1",
+            # Room for every unread reply, so that shutdown, not the
+            # slow-consumer limit, is what drops this peer.
+            "--max-pending-bytes",
+            "100000000",
         )
         port = server.listeningPort()
         with socket.socket() as sock:
