@@ -92,9 +92,12 @@ class Hub:
         clock: IReactorTime,
         texts: Texts,
         handlerFactory: Callable[[IHub], IHandler],
+        logMessages: bool = True,
     ) -> None:
         self.clock = clock
         self.texts = texts
+        #: Whether each message received is logged (C{--no-message-log}).
+        self.logMessages = logMessages
         self.registry = PeerRegistry()
         self.stats = Stats()
         self.watchers: list[Watcher] = []

@@ -105,6 +105,15 @@ class _CommonOptions(usage.Options):
     Options shared by server and client.
     """
 
+    optFlags = [
+        [
+            "no-message-log",
+            None,
+            "Do not log each message received (connections, errors and admin actions still "
+            "are): a log line per message costs more than the rest of its handling.",
+        ],
+    ]
+
     optParameters: list[list[Any]] = [
         [
             "framing",

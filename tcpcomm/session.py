@@ -88,7 +88,8 @@ class Session:
             )
             self.sendBytes(hub.texts.errorReply.render(now))
             return
-        log.info("message from {peer}: {text}", event="message", peer=self.id, text=text)
+        if hub.logMessages:
+            log.info("message from {peer}: {text}", event="message", peer=self.id, text=text)
         hub.messageReceived(self, text)
 
     def inputEnded(self) -> None:

@@ -46,7 +46,7 @@ def makeHub(options: ServerOptions | ClientOptions, clock: IReactorTime, client:
         greeting=options["greeting"] if client else None,
         fullReply=None if client else options["full-reply"],
     )
-    return Hub(clock, texts, options["handler"])
+    return Hub(clock, texts, options["handler"], logMessages=not options["no-message-log"])
 
 
 def makeLimits(options: ServerOptions | ClientOptions, client: bool) -> Limits:

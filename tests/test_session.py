@@ -136,3 +136,19 @@ class GreetingTests(SynchronousTestCase):
         clock.advance(NOON)
         protocol, transport, _, _ = connect(hub=makeHub(clock, greeting="hello {time}"))
         self.assertEqual(transport.value(), b"hello " + stamp(NOON) + b"\n")
+
+
+class MessageLogTests(SynchronousTestCase):
+    """
+    --no-message-log keeps messages out of the log, and nothing else.
+    """
+
+    def test_quiet(self) -> None:
+        """With message logging off, a message is answered but not logged."""
+        hub = makeHub(Clock(), delay=0)
+        hub.logMessages = False
+        protocol, transport, _, _ = connect(hub=hub)
+        with capturedLogs() as events:
+            protocol.dataReceived(b"hi\n")
+        self.assertEqual(events, [])
+        self.assertTrue(transport.value().startswith(b"reply "))
