@@ -514,9 +514,15 @@ def measured(result: dict[str, Any], server: Server, cpu: float, wall: float) ->
 def runLoad(
     mode: str, conns: int, size: int
 ) -> Callable[[ServerKind, str, str, Settings], dict[str, Any]]:
+    """
+    A request/response or pipelined run of C{conns} connections (0: the
+    pipelined workloads' number) and messages of C{size} bytes, newline
+    included.
+    """
+
     def run(kind: ServerKind, loadgen: str, scratch: str, s: Settings) -> dict[str, Any]:
         options: dict[str, float | int] = {
-            "conns": conns,
+            "conns": conns or s.pipelineConns,
             "size": size,
             "duration": s.duration,
             "warmup": s.warmup,
@@ -550,7 +556,9 @@ def warmUp(port: int) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
         sock.sendall(b"warm-up\n")
         got = b""
-        while not got.endswith(b"\n"):
+        for _ in range(100):
+            if got.endswith(b"\n"):
+                break
             chunk = sock.recv(100)
             if not chunk:
                 break
@@ -666,14 +674,14 @@ def workloads() -> list[Workload]:
             "pipe32",
             "pipelined bursts, 32 B",
             [("rate", "messages/s", "/s")],
-            runLoad("pipeline", 16, 32),
+            runLoad("pipeline", 0, 32),
             throughput="rate",
         ),
         Workload(
             "pipe1k",
             "pipelined bursts, 1 KiB",
             [("rate", "messages/s", "/s")],
-            runLoad("pipeline", 16, 1024),
+            runLoad("pipeline", 0, 1024),
             throughput="rate",
         ),
         Workload(
@@ -894,7 +902,7 @@ def main() -> int:
     settings = (
         Settings(reps=2, bigReps=1, duration=1.0, warmup=0.3, big=2000, broadcasts=3)
         if args.quick
-        else Settings(reps=5, bigReps=3, duration=3.0, warmup=0.5, big=10000, broadcasts=5)
+        else Settings(reps=5, bigReps=3, duration=2.5, warmup=0.5, big=10000, broadcasts=5)
     )
     if args.reps:
         settings.reps = args.reps
