@@ -882,7 +882,11 @@ def main() -> int:
         help="also measure the tcpcomm server of another twistd (a scratch install), with these "
         "extra server options, as LABEL",
     )
-    parser.add_argument("--only", default="", help="comma-separated workload keys to run")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated workloads: rr1, rr100, rr1000, pipe32, pipe1k, idle, broadcast, storm",
+    )
     parser.add_argument("--reps", type=int, help="repetitions of the throughput workloads")
     parser.add_argument("--duration", type=float, help="seconds measured per throughput run")
     parser.add_argument(
@@ -902,7 +906,7 @@ def main() -> int:
     settings = (
         Settings(reps=2, bigReps=1, duration=1.0, warmup=0.3, big=2000, broadcasts=3)
         if args.quick
-        else Settings(reps=5, bigReps=3, duration=2.5, warmup=0.5, big=10000, broadcasts=5)
+        else Settings(reps=5, bigReps=3, duration=3.0, warmup=0.5, big=10000, broadcasts=5)
     )
     if args.reps:
         settings.reps = args.reps
@@ -920,6 +924,12 @@ def main() -> int:
     for n in names:
         if n not in kinds:
             parser.error(f"unknown server {n!r}: one of {', '.join(kinds)}")
+    known = [w.key for w in workloads()]
+    only = [k for k in args.only.split(",") if k]
+    for key in only:
+        if key not in known:
+            parser.error(f"unknown workload {key!r}: one of {', '.join(known)}")
+    selected = [w for w in workloads() if not only or w.key in only]
     if not os.path.exists(TWISTD):
         parser.error(f"no twistd beside {sys.executable}: run this with tcpcomm's Python")
     for tool in ("taskset", "gcc"):
@@ -946,7 +956,6 @@ def main() -> int:
         while loadAverage()[0] >= 0.3 and time.monotonic() < deadline:
             time.sleep(5)
 
-    selected = [w for w in workloads() if not args.only or w.key in args.only.split(",")]
     report: dict[str, Any] = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine(),
