@@ -121,7 +121,11 @@ class Hub:
     def messageReceived(self, session: Session, text: str) -> None:
         if self.watchers:
             self._notify("in", session, text)
-        self._call("messageReceived", session, text)
+        # Called directly, not through _call: every message comes this way.
+        try:
+            self.handler.messageReceived(session, text)
+        except Exception:
+            self._failed("messageReceived", session)
 
     def sessionEnded(self, session: Session, reason: Failure) -> None:
         self.registry.remove(session)
@@ -133,14 +137,21 @@ class Hub:
         try:
             getattr(self.handler, method)(session, *args)
         except Exception:
-            self.stats.handlerErrors += 1
-            log.failure(
-                "handler {handler} failed in {method} for {peer}",
-                event="handler-error",
-                handler=type(self.handler).__name__,
-                method=method,
-                peer=session.id,
-            )
+            self._failed(method, session)
+
+    def _failed(self, method: str, session: Session) -> None:
+        """
+        The handler raised in C{method}: log it with its traceback, count it,
+        and carry on (called from within the C{except} block).
+        """
+        self.stats.handlerErrors += 1
+        log.failure(
+            "handler {handler} failed in {method} for {peer}",
+            event="handler-error",
+            handler=type(self.handler).__name__,
+            method=method,
+            peer=session.id,
+        )
 
     def watch(self, direction: str, session: Session, message: bytes) -> None:
         """

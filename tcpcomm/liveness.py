@@ -69,6 +69,17 @@ class Watchdog:
     no timer work.
     """
 
+    __slots__ = (
+        "_protocol",
+        "_clock",
+        "_idle",
+        "_message",
+        "lastData",
+        "partialSince",
+        "_timer",
+        "_beat",
+    )
+
     def __init__(
         self,
         protocol: FramedProtocol,
