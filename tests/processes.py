@@ -137,7 +137,10 @@ class Twistd:
         Signal the process by its pid and wait for it; kill it if it lingers.
         """
         if self.process.poll() is None:
-            os.kill(self.pid, sig)
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                signalWhenHandled(self.pid, sig, timeout=5.0)
+            else:
+                os.kill(self.pid, sig)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -145,6 +148,32 @@ class Twistd:
                 self.process.wait(timeout)
         self._out.close()
         return self.process.returncode
+
+
+def handlesSignal(pid: int, sig: int) -> bool:
+    """
+    Whether process C{pid} has a handler of its own for C{sig} (Linux's
+    C{SigCgt} mask; L{True} where there is no C{/proc} to tell).
+    """
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            status = f.read()
+    except OSError:
+        return True
+    match = re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.MULTILINE)
+    return match is None or bool(int(match.group(1), 16) >> (sig - 1) & 1)
+
+
+def signalWhenHandled(pid: int, sig: int, timeout: float = WAIT) -> None:
+    """
+    Send C{sig} to C{pid} once it handles it: twistd logs "listening" before
+    its reactor installs the SIGTERM handler, and a signal sent in between
+    would end the process without its shutdown.
+    """
+    deadline = time.monotonic() + timeout
+    while not handlesSignal(pid, sig) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(pid, sig)
 
 
 def waitForFile(path: str, pattern: str, timeout: float = WAIT) -> re.Match[str]:
@@ -201,7 +230,7 @@ class Daemon:
         if it lingers.
         """
         try:
-            os.kill(self.pid, signal.SIGTERM)
+            signalWhenHandled(self.pid, signal.SIGTERM, timeout=5.0)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + WAIT
