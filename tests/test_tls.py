@@ -13,13 +13,23 @@ import socket
 import subprocess
 import time
 
+from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
+from twisted.internet.task import Clock
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.usage import UsageError
+from twisted.test.iosim import IOPump, connectedServerAndClient
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tcpcomm.client import ClientFactory, ClientStatus, RetryPolicy
+from tcpcomm.framing import FRAMINGS
+from tcpcomm.handlers import Echo
 from tcpcomm.options import Options
+from tcpcomm.protocol import Limits, MessageFactory
+from tcpcomm.tls import clientCreator, serverOptions
 
 from .certs import Authority
 from .processes import WAIT, Twistd, assertCleanLog, environment, scratch
+from .support import NOON, makeHub
 
 OPENSSL = shutil.which("openssl")
 
@@ -383,3 +393,180 @@ class TLSOptionsTests(TLSTestCase):
                 with open(path, "rb") as f:
                     out.write(f.read())
         self.assertIsNotNone(self.parse("server", "--tls-cert", both).subOptions["tls"])
+
+
+class TLSProfileTests(TLSTestCase):
+    """
+    The server's TLS follows a modern profile: TLS 1.2 or newer with AEAD
+    ciphers only, or TLS 1.3 only with --tls-min-version 1.3.
+    """
+
+    def test_cbcRefused(self) -> None:
+        """A TLS 1.2 client offering only a CBC-SHA1 suite (ECDHE-ECDSA-AES128-SHA) is refused in the handshake."""
+        process, port = self.server()
+        output = sClient(
+            self,
+            port,
+            "-CAfile",
+            self.ca.path,
+            "-tls1_2",
+            "-cipher",
+            "ECDHE-ECDSA-AES128-SHA",
+            until=b"response from server",
+            timeout=5,
+        )
+        self.assertNotIn(b"response from server", output)
+        process.waitFor(r"TLS handshake with 127\.0\.0\.1:\d+ failed")
+        self.assertNotIn("message from", process.output())
+
+    def test_aeadAccepted(self) -> None:
+        """TLS 1.2 clients offering one AEAD suite each (AES-GCM, ChaCha20-Poly1305) are served."""
+        process, port = self.server()
+        for suite in (
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+            "ECDHE-ECDSA-AES256-GCM-SHA384",
+            "ECDHE-ECDSA-CHACHA20-POLY1305",
+        ):
+            output = sClient(
+                self,
+                port,
+                "-CAfile",
+                self.ca.path,
+                "-verify_return_error",
+                "-tls1_2",
+                "-cipher",
+                suite,
+                until=b"response from server",
+            )
+            self.assertIn(b"response from server", output, suite)
+
+    def test_minVersion13(self) -> None:
+        """With --tls-min-version 1.3, a TLS 1.2 client is refused and a TLS 1.3 one served."""
+        process, port = self.server("--tls-min-version", "1.3")
+        refused = sClient(
+            self, port, "-CAfile", self.ca.path, "-tls1_2", until=b"response", timeout=5
+        )
+        self.assertNotIn(b"response from server", refused)
+        process.waitFor(r"TLS handshake with 127\.0\.0\.1:\d+ failed")
+        accepted = sClient(
+            self, port, "-CAfile", self.ca.path, "-tls1_3", until=b"response from server"
+        )
+        self.assertIn(b"response from server", accepted)
+
+
+class InMemoryTLSTestCase(SynchronousTestCase):
+    """
+    Real TLS in memory: tcpcomm's factories under Twisted's TLS layer, on an
+    iosim pair, with a L{Clock}.
+    """
+
+    def setUp(self) -> None:
+        folder = self.mktemp()
+        os.makedirs(folder)
+        self.ca = Authority(folder, "memory")
+        self.cert, self.key = self.ca.issue("localhost", ["localhost"])
+        self.clock = Clock()
+        self.clock.advance(NOON)
+
+    def serverFactory(self, **limits: float) -> MessageFactory:
+        return MessageFactory(FRAMINGS["line"], makeHub(self.clock, handler=Echo), Limits(**limits))  # type: ignore[arg-type]
+
+    def clientFactory(self, **limits: float) -> ClientFactory:
+        return ClientFactory(
+            FRAMINGS["line"],
+            makeHub(self.clock),  # answers after 5 s
+            Limits(**limits),  # type: ignore[arg-type]
+            RetryPolicy(self.clock, 1, 30, 10),
+            ClientStatus("server"),
+        )
+
+    def pair(
+        self,
+        server: MessageFactory,
+        client: MessageFactory,
+        serverContext: CertificateOptions | None = None,
+        minVersion: str = "1.2",
+    ) -> tuple[TLSMemoryBIOProtocol, TLSMemoryBIOProtocol, IOPump]:
+        """
+        A tcpcomm server and client connected over TLS in memory, the client
+        verifying the server with the modern profile.
+        """
+        serverTLS = TLSMemoryBIOFactory(
+            serverContext or serverOptions(self.cert, self.key, None), False, server, self.clock
+        )
+        creator = clientCreator("localhost", self.ca.path, None, None, minVersion)
+        clientTLS = TLSMemoryBIOFactory(creator, True, client, self.clock)
+        s, c, pump = connectedServerAndClient(
+            lambda: serverTLS.buildProtocol(None),
+            lambda: clientTLS.buildProtocol(None),
+            clock=self.clock,
+        )
+        pump.flush(advanceClock=False)
+        return s, c, pump
+
+
+class ClientProfileTests(InMemoryTLSTestCase):
+    """
+    The client's --tls follows the same profile as the server.
+    """
+
+    def legacyServer(self, **options: object) -> CertificateOptions:
+        identity = serverOptions(self.cert, self.key, None)
+        return CertificateOptions(
+            privateKey=identity.privateKey,
+            certificate=identity.certificate,
+            lowerMaximumSecurityTo=TLSVersion.TLSv1_2,
+            **options,  # type: ignore[arg-type]
+        )
+
+    def test_refusesCBCServer(self) -> None:
+        """A server that offers only ECDHE-ECDSA-AES128-SHA on TLS 1.2 is refused."""
+        server, client = self.serverFactory(), self.clientFactory()
+        context = self.legacyServer(
+            acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString("ECDHE-ECDSA-AES128-SHA")
+        )
+        self.pair(server, client, context)
+        self.assertEqual(len(client.hub.registry), 0)
+
+    def test_tls12ServerAccepted(self) -> None:
+        """A TLS 1.2 server with AEAD suites is accepted by default."""
+        server, client = self.serverFactory(), self.clientFactory()
+        self.pair(server, client, self.legacyServer())
+        self.assertEqual(len(client.hub.registry), 1)
+
+    def test_minVersion13RefusesTLS12Server(self) -> None:
+        """With --tls-min-version 1.3 the client refuses a TLS 1.2 server."""
+        server, client = self.serverFactory(), self.clientFactory()
+        self.pair(server, client, self.legacyServer(), minVersion="1.3")
+        self.assertEqual(len(client.hub.registry), 0)
+
+
+class ProfileOptionsTests(TLSTestCase):
+    """
+    --tls-min-version is checked when parsed.
+    """
+
+    def parse(self, *args: str) -> Options:
+        options = Options()
+        options.parseOptions(list(args))
+        return options
+
+    def test_badValues(self) -> None:
+        """A bad --tls-min-version is refused, naming the option and the value."""
+        for args, text in [
+            (("--tls-min-version", "1.1"), "--tls-min-version must be one of 1.2, 1.3; not '1.1'"),
+        ]:
+            for side in ("server", "client"):
+                error = self.assertRaises(UsageError, self.parse, side, *args)
+                self.assertIn(text, str(error))
+
+    def test_minVersionNeedsTLS(self) -> None:
+        """--tls-min-version 1.3 without the TLS it applies to is refused rather than ignored."""
+        for args, text in [
+            (("server",), "--tls-min-version '1.3' needs --tls-cert"),
+            (("server", "--listen", "tcp:0"), "not to --listen endpoint strings"),
+            (("client",), "--tls-min-version '1.3' needs --tls"),
+            (("client", "--connect", "tcp:host=127.0.0.1:port=1"), "not to --connect endpoint"),
+        ]:
+            error = self.assertRaises(UsageError, self.parse, *args, "--tls-min-version", "1.3")
+            self.assertIn(text, str(error))
