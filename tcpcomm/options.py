@@ -197,6 +197,14 @@ class _CommonOptions(usage.Options):
             _number("--keepalive", float, 0),
         ],
         [
+            "handshake-timeout",
+            None,
+            10.0,
+            "Drop a connection whose TLS handshake has not finished within this many seconds; "
+            "0 is never.",
+            _number("--handshake-timeout", float, 0),
+        ],
+        [
             "tls-min-version",
             None,
             "1.2",
