@@ -117,10 +117,12 @@ class ClientFactory(MessageFactory):
         self.retryPolicy = retryPolicy
         self.status = status
 
-    def peerConnected(self, peer: FramedProtocol) -> None:
+    def peerReady(self, peer: FramedProtocol) -> None:
+        # Only now is it a connection: one whose TLS handshake never
+        # finishes must not reset the backoff.
         self.retryPolicy.connected()
         self.status.connections += 1
-        super().peerConnected(peer)
+        super().peerReady(peer)
 
     def peerLost(self, peer: FramedProtocol, reason: Failure) -> None:
         self.retryPolicy.disconnected()

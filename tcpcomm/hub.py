@@ -58,6 +58,8 @@ class Stats:
         "timeouts",
         "refused",
         "heartbeatsIn",
+        "handshakeTimeouts",
+        "handshakeEvictions",
     )
 
     def __init__(self) -> None:
@@ -74,6 +76,8 @@ class Stats:
         self.timeouts = 0
         self.refused = 0
         self.heartbeatsIn = 0
+        self.handshakeTimeouts = 0
+        self.handshakeEvictions = 0
 
 
 #: A watcher of the traffic and of peers coming and going: called with

@@ -63,6 +63,18 @@ class HubCollector(Collector):
                 stats.refused,
             ),
             (
+                "tcpcomm_handshake_timeout_disconnects",
+                "Connections dropped for not finishing their TLS handshake within "
+                "--handshake-timeout.",
+                stats.handshakeTimeouts,
+            ),
+            (
+                "tcpcomm_handshake_evictions",
+                "Connections still in their TLS handshake dropped to make room for a new one at "
+                "--max-connections.",
+                stats.handshakeEvictions,
+            ),
+            (
                 "tcpcomm_heartbeats_received",
                 "Empty messages (heartbeats) received.",
                 stats.heartbeatsIn,

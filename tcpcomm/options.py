@@ -20,7 +20,7 @@ from tcpcomm.framing import FRAMINGS
 from tcpcomm.handlers import HandlerNotFound, findHandler
 from tcpcomm.logs import useJSON
 from tcpcomm.templates import Template, TemplateError
-from tcpcomm.tls import TLSFileError, clientCreator, serverOptions
+from tcpcomm.tls import TLS_VERSIONS, TLSFileError, clientCreator, serverOptions
 
 
 def _number(
@@ -100,6 +100,25 @@ def _onlyLocal(reactor: MemoryReactor) -> bool:
     return True
 
 
+def _checkMinVersionUnused(
+    options: usage.Options, tlsOption: str, endpointOption: str, endpoint: object
+) -> None:
+    """
+    Refuse a raised C{--tls-min-version} on a side without the TLS it
+    applies to, rather than ignore it: endpoint strings build their own
+    context, with Twisted's defaults.
+    """
+    version = options["tls-min-version"]
+    if version == "1.2":
+        return
+    if endpoint:
+        raise usage.UsageError(
+            f"--tls-min-version {version!r} applies to {tlsOption}, not to {endpointOption} "
+            "endpoint strings, which keep Twisted's own TLS defaults"
+        )
+    raise usage.UsageError(f"--tls-min-version {version!r} needs {tlsOption}")
+
+
 class _CommonOptions(usage.Options):
     """
     Options shared by server and client.
@@ -176,6 +195,21 @@ class _CommonOptions(usage.Options):
             60.0,
             "TCP keep-alive: first probe after this many idle seconds; 0 turns it off.",
             _number("--keepalive", float, 0),
+        ],
+        [
+            "handshake-timeout",
+            None,
+            10.0,
+            "Drop a connection whose TLS handshake has not finished within this many seconds; "
+            "0 is never.",
+            _number("--handshake-timeout", float, 0),
+        ],
+        [
+            "tls-min-version",
+            None,
+            "1.2",
+            "Oldest TLS version to accept (for --tls-cert on a server, --tls on a client).",
+            _choice("--tls-min-version", list(TLS_VERSIONS)),
         ],
         [
             "handler",
@@ -381,6 +415,7 @@ class ServerOptions(_CommonOptions):
             for name, value in (("tls-key", key), ("tls-client-ca", clientCA)):
                 if value is not None:
                     raise usage.UsageError(f"--{name} {value!r} needs --tls-cert")
+            _checkMinVersionUnused(self, "--tls-cert", "--listen", self["listen"] or None)
             return
         if self["listen"]:
             raise usage.UsageError(
@@ -388,7 +423,7 @@ class ServerOptions(_CommonOptions):
                 "give --listen an ssl: or tls: endpoint instead"
             )
         try:
-            self["tls"] = serverOptions(cert, key, clientCA)
+            self["tls"] = serverOptions(cert, key, clientCA, self["tls-min-version"])
         except TLSFileError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -522,10 +557,16 @@ class ClientOptions(_CommonOptions):
             )
         if self["tls-key"] is not None and self["tls-cert"] is None:
             raise usage.UsageError(f"--tls-key {self['tls-key']!r} needs --tls-cert")
+        if not self["tls"]:
+            _checkMinVersionUnused(self, "--tls", "--connect", self["connect"])
         if self["tls"]:
             try:
                 self["tls-creator"] = clientCreator(
-                    self["host"], self["tls-ca"], self["tls-cert"], self["tls-key"]
+                    self["host"],
+                    self["tls-ca"],
+                    self["tls-cert"],
+                    self["tls-key"],
+                    self["tls-min-version"],
                 )
             except TLSFileError as e:
                 raise usage.UsageError(str(e)) from None

@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import (
     IAddress,
+    IDelayedCall,
     IHalfCloseableProtocol,
     IHandshakeListener,
     IPushProducer,
+    ISSLTransport,
     ITransport,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -35,7 +37,8 @@ log = Logger()
 class Limits:
     """
     What a side allows its peers: message size, unread output, connection
-    count (servers), and the liveness settings (see L{tcpcomm.liveness}).
+    count (servers), the time a connection may take to become ready (its TLS
+    handshake), and the liveness settings (see L{tcpcomm.liveness}).
     """
 
     maxMessageSize: int = 65536
@@ -45,6 +48,7 @@ class Limits:
     messageTimeout: float = 0.0
     heartbeat: float = 0.0
     keepalive: float = 0.0
+    handshakeTimeout: float = 10.0
 
     @property
     def watched(self) -> bool:
@@ -84,6 +88,13 @@ class FramedProtocol(Protocol):
     #: Bytes a framing's receiver counts beyond the message (see LineFraming).
     slack = 0
     unregistered: bool = False
+    #: Whether the connection can carry messages, and so has its conversation
+    #: (over TLS: once the handshake completed).
+    isReady: bool = False
+    #: Until it is ready: what it waits for; whether it was dropped for not
+    #: becoming ready in time (which is logged then).
+    waitingFor: str = ""
+    abandoned: bool = False
 
     @staticmethod
     def frame(message: bytes) -> bytes:
@@ -106,6 +117,22 @@ class FramedProtocol(Protocol):
         sock = tcpSocket(self.transport)
         if sock is not None:
             tuneSocket(sock, limits.keepalive, limits.heartbeat)
+        if ISSLTransport.providedBy(self.transport):
+            factory.peerWaiting(self, "the TLS handshake")  # until handshakeCompleted
+        else:
+            self.ready()
+
+    def ready(self) -> None:
+        """
+        The connection can carry messages: its conversation starts, so that
+        a handler, a broadcast or the admin API never sees a peer that might
+        still fail its TLS handshake.
+        """
+        if self.transport.disconnecting:  # type: ignore[attr-defined]
+            return  # dropped while waiting
+        factory = self.factory
+        factory.peerReady(self)
+        limits = factory.limits
         if limits.watched or limits.heartbeat > 0:
             self.watchdog = Watchdog(
                 self,
@@ -114,6 +141,8 @@ class FramedProtocol(Protocol):
                 limits.messageTimeout,
                 limits.heartbeat,
             )
+        self.isReady = True
+        self.conversation = factory.hub.conversationFor(self)
         self.conversation.connected()
 
     def overdue(self, size: int) -> None:
@@ -159,9 +188,13 @@ class FramedProtocol(Protocol):
     def handshakeCompleted(self) -> None:
         self.secured = True
         self.factory.peerSecured(self)
+        self.ready()
 
     def readConnectionLost(self) -> None:
-        self.conversation.inputEnded()
+        if self.isReady:
+            self.conversation.inputEnded()
+        else:
+            self.close()  # it can never become ready now
 
     def writeConnectionLost(self) -> None:
         self.close()
@@ -170,12 +203,15 @@ class FramedProtocol(Protocol):
         if self.watchdog is not None:
             self.watchdog.stop()
             self.watchdog = None
-        self.conversation.disconnected(reason)
+        if self.isReady:
+            self.conversation.disconnected(reason)
         self.factory.peerLost(self, reason)
-        # The session and the protocol refer to each other: let go here, so
-        # that a closed connection's memory is freed at once rather than by
-        # the cycle collector some time later.
-        del self.conversation
+        if self.isReady:
+            # The session and the protocol refer to each other: let go here,
+            # so that a closed connection's memory is freed at once rather
+            # than by the cycle collector some time later.
+            self.isReady = False
+            del self.conversation
 
     def tooLong(self, size: int) -> None:
         """
@@ -222,29 +258,74 @@ class _Watched:
         self.watchdog.received(self.hasPartial())  # type: ignore[attr-defined]
 
 
+@implementer(IHandshakeListener)
 class Refusal(Protocol):
     """
     What a peer over C{--max-connections} gets: one message saying so, in
-    its framing, and a closed connection.
+    its framing, and a closed connection. Over TLS the message waits for the
+    handshake, which gets C{handshakeTimeout} seconds like any other.
     """
 
-    def __init__(self, message: bytes, hub: Hub, limit: int) -> None:
+    _deadline: IDelayedCall | None = None
+
+    def __init__(self, message: bytes, hub: Hub, limit: int, handshakeTimeout: float = 0) -> None:
         self._message = message
         self._hub = hub
         self._limit = limit
+        self._handshakeTimeout = handshakeTimeout
 
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
         self._hub.stats.refused += 1
+        peer = addressText(transport.getPeer())
         log.warn(
             "refusing {peer}: --max-connections {limit} reached",
             event="refused",
-            peer=addressText(transport.getPeer()),
+            peer=peer,
             limit=self._limit,
         )
         transport.write(self._message)
         transport.loseConnection()
+        if ISSLTransport.providedBy(transport) and self._handshakeTimeout > 0:
+            self._deadline = self._hub.clock.callLater(
+                self._handshakeTimeout,
+                _dropNotReady,
+                self._hub,
+                peer,
+                transport,
+                "the TLS handshake",
+                self._handshakeTimeout,
+            )
+
+    def handshakeCompleted(self) -> None:
+        self._stopDeadline()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stopDeadline()
+
+    def _stopDeadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+
+def _dropNotReady(
+    hub: Hub, peer: str, transport: ITransport, waitingFor: str, timeout: float
+) -> None:
+    """
+    Drop a connection that did not become ready within C{--handshake-timeout}.
+    """
+    hub.stats.handshakeTimeouts += 1
+    log.warn(
+        "disconnecting {peer}: {waitingFor} did not finish within {timeout} s "
+        "(--handshake-timeout)",
+        event="handshake-timeout",
+        peer=peer,
+        waitingFor=waitingFor,
+        timeout=timeout,
+    )
+    transport.abortConnection()  # type: ignore[attr-defined]
 
 
 class MessageFactory(Factory[FramedProtocol]):
@@ -262,13 +343,30 @@ class MessageFactory(Factory[FramedProtocol]):
         self.protocol = protocol
         self.hub = hub
         self.limits = limits
+        #: Connections not ready yet (in their TLS handshake), oldest first,
+        #: with their deadlines.
+        self.waiting: dict[FramedProtocol, IDelayedCall | None] = {}
 
     def buildProtocol(self, addr: IAddress | None) -> FramedProtocol:
         limits = self.limits
-        if limits.maxConnections is not None and len(self.hub.registry) >= limits.maxConnections:
-            full = self.hub.texts.fullReply
-            text = full.render(self.hub.clock.seconds()) if full is not None else b"full"
-            return Refusal(self.protocol.frame(text), self.hub, limits.maxConnections)  # type: ignore[return-value]
+        if (
+            limits.maxConnections is not None
+            and len(self.hub.registry) + len(self.waiting) >= limits.maxConnections
+        ):
+            if self.waiting:
+                # Connections still in their handshake count, so that every
+                # descriptor does, but never lock a client out: the oldest
+                # gives up its place.
+                self._evictOldest(limits.maxConnections)
+            else:
+                full = self.hub.texts.fullReply
+                text = full.render(self.hub.clock.seconds()) if full is not None else b"full"
+                return Refusal(  # type: ignore[return-value]
+                    self.protocol.frame(text),
+                    self.hub,
+                    limits.maxConnections,
+                    limits.handshakeTimeout,
+                )
         p = self.protocol()
         p.factory = self
         p.MAX_LENGTH = limits.maxMessageSize + p.slack
@@ -276,11 +374,56 @@ class MessageFactory(Factory[FramedProtocol]):
 
     def peerConnected(self, peer: FramedProtocol) -> None:
         """
-        Name and log a new connection, and give it its conversation.
+        Name and log a new connection.
         """
         peer.id = self.hub.registry.idFor(peer.transport.getPeer())
-        peer.conversation = self.hub.conversationFor(peer)
         log.info("connected {peer}", event="connected", peer=peer.id)
+
+    def peerWaiting(self, peer: FramedProtocol, waitingFor: str) -> None:
+        """
+        C{peer} is not ready until C{waitingFor} is done (then it calls
+        L{FramedProtocol.ready}): drop it if that takes more than
+        C{--handshake-timeout}.
+        """
+        peer.waitingFor = waitingFor
+        timeout = self.limits.handshakeTimeout
+        self.waiting[peer] = (
+            self.hub.clock.callLater(timeout, self._notReadyInTime, peer, timeout)
+            if timeout > 0
+            else None
+        )
+
+    def peerReady(self, peer: FramedProtocol) -> None:
+        """
+        C{peer} can carry messages now.
+        """
+        self._stopWaiting(peer)
+
+    def _stopWaiting(self, peer: FramedProtocol) -> None:
+        if peer in self.waiting:
+            deadline = self.waiting.pop(peer)
+            if deadline is not None and deadline.active():
+                deadline.cancel()
+
+    def _notReadyInTime(self, peer: FramedProtocol, timeout: float) -> None:
+        del self.waiting[peer]
+        peer.abandoned = True
+        _dropNotReady(self.hub, peer.id, peer.transport, peer.waitingFor, timeout)
+
+    def _evictOldest(self, limit: int) -> None:
+        peer = next(iter(self.waiting))
+        self._stopWaiting(peer)
+        peer.abandoned = True
+        self.hub.stats.handshakeEvictions += 1
+        log.warn(
+            "disconnecting {peer} to make room: --max-connections {limit} reached, and it "
+            "is the oldest connection still waiting for {waitingFor}",
+            event="handshake-evicted",
+            peer=peer.id,
+            limit=limit,
+            waitingFor=peer.waitingFor,
+        )
+        peer.abort()
 
     def peerSecured(self, peer: FramedProtocol) -> None:
         """
@@ -300,7 +443,8 @@ class MessageFactory(Factory[FramedProtocol]):
         """
         Log a connection that went away.
         """
-        if not peer.secured and hasattr(peer.transport, "getPeerCertificate"):
+        self._stopWaiting(peer)
+        if not peer.secured and not peer.abandoned and ISSLTransport.providedBy(peer.transport):
             log.warn(
                 "TLS handshake with {peer} failed: {reason}",
                 event="tls-failed",

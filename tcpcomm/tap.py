@@ -61,6 +61,7 @@ def makeLimits(options: ServerOptions | ClientOptions, client: bool) -> Limits:
         messageTimeout=options["message-timeout"],
         heartbeat=options["heartbeat"],
         keepalive=options["keepalive"],
+        handshakeTimeout=options["handshake-timeout"],
     )
 
 
