@@ -237,12 +237,13 @@ class Refusal(Protocol):
         transport = self.transport
         assert transport is not None
         self._hub.stats.refused += 1
-        log.warn(
-            "refusing {peer}: --max-connections {limit} reached",
-            event="refused",
-            peer=addressText(transport.getPeer()),
-            limit=self._limit,
-        )
+        if self._hub.refusedLines.allow():
+            log.warn(
+                "refusing {peer}: --max-connections {limit} reached",
+                event="refused",
+                peer=addressText(transport.getPeer()),
+                limit=self._limit,
+            )
         transport.write(self._message)
         transport.loseConnection()
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
+import selectors
 import signal
 import socket
 import stat
@@ -314,3 +316,57 @@ class HostilePeerLogTests(SynchronousTestCase):
                 + re.escape(escaped.decode())
                 + "$",
             )
+
+    def test_garbageStream(self) -> None:
+        """A peer streaming 4 MB of undecodable lines gets every error reply but adds only a few lines to the log, the last counting what was left out."""
+        server = localServer(self, "--reply-delay", "0")
+        port = server.listeningPort()
+        rng = random.Random(7)
+        lines = [
+            bytes(rng.randrange(0x80, 0x100) for _ in range(rng.randrange(100, 400))) + b"\n"
+            for _ in range(16_000)
+        ]
+        garbage = b"".join(lines)
+        server.waitFor("listening on")
+        before = os.path.getsize(server.logPath)
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+            replies = readWhileSending(sock, garbage)
+        self.assertEqual(replies.count(b"server error "), len(lines))
+        summary = server.waitFor(
+            r"(\d+) more undecodable messages from 127\.0\.0\.1:\d+ suppressed"
+        )
+        self.assertEqual(int(summary.group(1)), len(lines) - 1)
+        server.waitFor(r"lost 127\.0\.0\.1")
+        grown = os.path.getsize(server.logPath) - before
+        self.assertLess(grown, 4096, server.output()[-5000:])
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+            sock.sendall(b"still here\n")
+            sock.shutdown(socket.SHUT_WR)
+            self.assertIn(b"response from server", readUntilClosed(sock))
+        assertCleanLog(self, server.output())
+
+
+def readWhileSending(sock: socket.socket, data: bytes) -> bytes:
+    """
+    Send C{data}, then end the sending side, reading all the while; return
+    everything read until the other side closes (bounded by L{WAIT}).
+    """
+    sock.setblocking(False)
+    received: list[bytes] = []
+    view = memoryview(data)
+    deadline = time.monotonic() + WAIT
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        while time.monotonic() < deadline:
+            for _, mask in selector.select(timeout=0.5):
+                if mask & selectors.EVENT_READ:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return b"".join(received)
+                    received.append(chunk)
+                if mask & selectors.EVENT_WRITE and view:
+                    view = view[sock.send(view[:65536]) :]
+                    if not view:
+                        sock.shutdown(socket.SHUT_WR)
+                        selector.modify(sock, selectors.EVENT_READ)
+    raise AssertionError(f"still open after {WAIT} s; {len(view)} bytes unsent")

@@ -17,8 +17,10 @@ from typing import Any
 
 from twisted.application.service import Application
 from twisted.internet import tcp
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import (
     ILogObserver,
     LogEvent,
@@ -34,6 +36,7 @@ from twisted.scripts._twistd_unix import ServerOptions as TwistdOptions
 from twisted.trial.unittest import SynchronousTestCase
 
 from tcpcomm import tap
+from tcpcomm.framing import FRAMINGS
 from tcpcomm.logs import (
     LineFormat,
     LogDestination,
@@ -44,8 +47,9 @@ from tcpcomm.logs import (
     formatJSONLine,
     makeObserver,
 )
+from tcpcomm.protocol import Limits, MessageFactory, Refusal
 
-from .support import NOON
+from .support import NOON, connect, makeHub
 
 #: What a peer sends to forge a log line and colour the operator's terminal.
 FORGERY = "a\r\nfake [tcpcomm#info] line\x1b[31m"
@@ -270,6 +274,102 @@ class RateLimiterTests(SynchronousTestCase):
             self.assertEqual(self.summaries(events), [("accept-error", None, 2, 10)])
             self.assertFalse(limiter.active)
             self.assertTrue(limiter.allow(None, now=126.0))
+
+
+class UndecodableWarningTests(SynchronousTestCase):
+    """
+    A peer's undecodable messages: one line per peer per 10 s, bounded in length.
+    """
+
+    def warnings(self, events: Sequence[LogEvent], name: str) -> list[LogEvent]:
+        return [e for e in events if e.get("event") == name]
+
+    def test_floodLoggedOncePerWindow(self) -> None:
+        """A hundred undecodable messages in a window give one line and then the count; each is still answered."""
+        protocol, transport, clock, factory = connect(delay=0)
+        with capturedLogs() as events:
+            protocol.dataReceived(b"\xff\n" * 100)
+            self.assertEqual(transport.value().count(b"error "), 100)
+            self.assertEqual(len(self.warnings(events, "undecodable")), 1)
+            self.assertEqual(self.warnings(events, "suppressed"), [])
+            clock.advance(10)
+        [summary] = self.warnings(events, "suppressed")
+        self.assertEqual(
+            (summary["of"], summary["peer"], summary["count"]),
+            ("undecodable", "127.0.0.1:40000", 99),
+        )
+        self.assertEqual(factory.hub.stats.decodeErrors, 100)
+        with capturedLogs() as events:
+            protocol.dataReceived(b"\xff\n")
+        self.assertEqual(len(self.warnings(events, "undecodable")), 1)
+
+    def test_perPeer(self) -> None:
+        """Another peer's first undecodable message is logged while the first peer's are held back."""
+        first, _, clock, factory = connect(delay=0)
+        second, _, _, _ = connect(delay=0, hub=factory.hub, port=40001)
+        with capturedLogs() as events:
+            first.dataReceived(b"\xff\n\xff\n")
+            second.dataReceived(b"\xff\n")
+        self.assertEqual(
+            [e["peer"] for e in self.warnings(events, "undecodable")],
+            ["127.0.0.1:40000", "127.0.0.1:40001"],
+        )
+
+    def test_bytesBounded(self) -> None:
+        """A long undecodable message is logged by its first 64 bytes and its length."""
+        protocol, _, _, _ = connect(delay=0)
+        with capturedLogs() as events:
+            protocol.dataReceived(b"\xff" * 60000 + b"\n")
+        [warning] = self.warnings(events, "undecodable")
+        self.assertEqual(warning["data"], b"\xff" * 64)
+        self.assertEqual(warning["size"], 60000)
+        line = TextFormat()(warning)
+        assert line is not None
+        self.assertLess(len(line), 500)
+        self.assertIn("...", line)
+        self.assertIn("60000 bytes", line)
+
+    def test_disconnectForgets(self) -> None:
+        """When the peer goes, what was held back is counted at once and nothing is kept for it."""
+        protocol, _, clock, factory = connect(delay=0)
+        with capturedLogs() as events:
+            protocol.dataReceived(b"\xff\n" * 3)
+            protocol.connectionLost(Failure(ConnectionDone()))
+        [summary] = self.warnings(events, "suppressed")
+        self.assertEqual(summary["count"], 2)
+        self.assertFalse(factory.hub.undecodableLines.active)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class RefusedWarningTests(SynchronousTestCase):
+    """
+    Refused connections: one line per 10 s for the whole server, then the count.
+    """
+
+    def test_refusalsLoggedOncePerWindow(self) -> None:
+        """Of five refusals in a window one is logged, then the count of the other four; all are counted."""
+        clock = Clock()
+        clock.advance(NOON)
+        hub = makeHub(clock)
+        factory = MessageFactory(FRAMINGS["line"], hub, Limits(maxConnections=1))
+        factory.buildProtocol(None).makeConnection(
+            StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
+        )
+        with capturedLogs() as events:
+            for port in range(2, 7):
+                refusal = factory.buildProtocol(None)
+                self.assertIsInstance(refusal, Refusal)
+                refusal.makeConnection(
+                    StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
+                )
+            clock.advance(10)
+        self.assertEqual(
+            [e["peer"] for e in events if e.get("event") == "refused"], ["127.0.0.1:2"]
+        )
+        [summary] = [e for e in events if e.get("event") == "suppressed"]
+        self.assertEqual((summary["of"], summary["count"]), ("refused", 4))
+        self.assertNotIn("peer", summary)
+        self.assertEqual(hub.stats.refused, 5)
 
 
 class EMFILEListener:
