@@ -18,7 +18,6 @@ from twisted.python import usage
 
 from tcpcomm.framing import FRAMINGS
 from tcpcomm.handlers import HandlerNotFound, findHandler
-from tcpcomm.logs import useJSON
 from tcpcomm.templates import Template, TemplateError
 from tcpcomm.tls import TLS_VERSIONS, TLSFileError, clientCreator, serverOptions
 
@@ -243,10 +242,6 @@ class _CommonOptions(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        if self["log-format"] == "json":
-            twistd = self._twistdOptions()
-            if twistd is not None:
-                useJSON(twistd)
         if isinstance(self["handler"], str):
             try:
                 self["handler"] = findHandler(self["handler"])
@@ -317,17 +312,6 @@ class _CommonOptions(usage.Options):
                 "interface=127.0.0.1 (or ::1, or a unix: socket), or require a token with "
                 "--admin-token-file"
             )
-
-    def _twistdOptions(self) -> usage.Options | None:
-        """
-        twistd's own parsed options, two levels up, when run by twistd.
-        """
-        parent = self.parent
-        while parent is not None:
-            if "nodaemon" in parent:
-                return parent
-            parent = getattr(parent, "parent", None)
-        return None
 
 
 class ServerOptions(_CommonOptions):

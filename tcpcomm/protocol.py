@@ -279,12 +279,13 @@ class Refusal(Protocol):
         assert transport is not None
         self._hub.stats.refused += 1
         peer = addressText(transport.getPeer())
-        log.warn(
-            "refusing {peer}: --max-connections {limit} reached",
-            event="refused",
-            peer=peer,
-            limit=self._limit,
-        )
+        if self._hub.refusedLines.allow():
+            log.warn(
+                "refusing {peer}: --max-connections {limit} reached",
+                event="refused",
+                peer=peer,
+                limit=self._limit,
+            )
         transport.write(self._message)
         transport.loseConnection()
         if ISSLTransport.providedBy(transport) and self._handshakeTimeout > 0:
@@ -317,6 +318,9 @@ def _dropNotReady(
     Drop a connection that did not become ready within C{--handshake-timeout}.
     """
     hub.stats.handshakeTimeouts += 1
+    transport.abortConnection()  # type: ignore[attr-defined]
+    if not hub.handshakeLines.allow():
+        return
     log.warn(
         "disconnecting {peer}: {waitingFor} did not finish within {timeout} s "
         "(--handshake-timeout)",
@@ -325,7 +329,6 @@ def _dropNotReady(
         waitingFor=waitingFor,
         timeout=timeout,
     )
-    transport.abortConnection()  # type: ignore[attr-defined]
 
 
 class MessageFactory(Factory[FramedProtocol]):
@@ -415,6 +418,9 @@ class MessageFactory(Factory[FramedProtocol]):
         self._stopWaiting(peer)
         peer.abandoned = True
         self.hub.stats.handshakeEvictions += 1
+        peer.abort()
+        if not self.hub.handshakeLines.allow():
+            return
         log.warn(
             "disconnecting {peer} to make room: --max-connections {limit} reached, and it "
             "is the oldest connection still waiting for {waitingFor}",
@@ -423,7 +429,6 @@ class MessageFactory(Factory[FramedProtocol]):
             limit=limit,
             waitingFor=peer.waitingFor,
         )
-        peer.abort()
 
     def peerSecured(self, peer: FramedProtocol) -> None:
         """

@@ -24,6 +24,7 @@ from tcpcomm.admin import Outgoing, makeAdminSite
 from tcpcomm.client import ClientFactory, ClientStatus, RetryPolicy, makeClientService
 from tcpcomm.framing import FRAMINGS
 from tcpcomm.hub import Hub, Texts
+from tcpcomm.logs import loggedByTcpcomm
 from tcpcomm.metrics import makeRegistry
 from tcpcomm.options import ClientOptions, Options, ServerOptions
 from tcpcomm.protocol import Limits, MessageFactory
@@ -155,10 +156,13 @@ def makeClient(options: ClientOptions, reactor: Any) -> MultiService:
 
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     """
-    Build the server or client that C{options} describe.
+    Build the server or client that C{options} describe, logging through
+    tcpcomm's observer when twistd (C{options.parent}) runs it.
     """
     if reactor is None:
         from twisted.internet import reactor
     if options.subCommand == "server":
-        return makeServer(options.subOptions, reactor)
-    return makeClient(options.subOptions, reactor)
+        service = makeServer(options.subOptions, reactor)
+    else:
+        service = makeClient(options.subOptions, reactor)
+    return loggedByTcpcomm(options.parent, options.subOptions["log-format"], service)
