@@ -21,6 +21,7 @@ from tcpcomm.handlers import HandlerNotFound, findHandler
 from tcpcomm.logs import useJSON
 from tcpcomm.templates import Template, TemplateError
 from tcpcomm.tls import TLSFileError, clientCreator, serverOptions
+from tcpcomm.tokens import TokenFileError, readTokenFile
 
 
 def _number(
@@ -258,15 +259,9 @@ class _CommonOptions(usage.Options):
             if self["admin"] is None:
                 raise usage.UsageError(f"--admin-token-file {tokenFile!r} needs --admin")
             try:
-                with open(tokenFile, encoding="utf-8") as f:
-                    token = f.read().strip()
-            except (OSError, UnicodeDecodeError) as e:
-                raise usage.UsageError(f"--admin-token-file {tokenFile!r}: {e}") from None
-            if not token or any(c.isspace() for c in token):
-                raise usage.UsageError(
-                    f"--admin-token-file {tokenFile!r} must hold one token, without spaces"
-                )
-            self["admin-token"] = token
+                self["admin-token"] = readTokenFile(tokenFile)
+            except TokenFileError as e:
+                raise usage.UsageError(f"--admin-token-file {tokenFile!r}: {e.reason}") from None
         description = self["admin"]
         if description is None:
             return

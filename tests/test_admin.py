@@ -320,21 +320,39 @@ class AdminOptionTests(SynchronousTestCase):
             self.assertIsNone(options.subOptions["admin-token"])
 
     def test_badTokenFile(self) -> None:
-        """A missing or blank token file is refused, naming it."""
+        """A missing, blank or not printable-ASCII token file is refused at start, naming it."""
         from twisted.python.usage import UsageError
 
         from tcpcomm.options import Options
 
-        blank = os.path.join(scratch(self), "blank")
-        with open(blank, "w") as f:
-            f.write("\n")
-        for path in ("/nonexistent/token", blank):
+        folder = scratch(self)
+        files = {"/nonexistent/token": "cannot read it"}
+        for name, text, reason in (
+            ("blank", "\n", "empty"),
+            ("accented", "correct-hórse\n", "not printable ASCII"),
+        ):
+            files[os.path.join(folder, name)] = reason
+            with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+                f.write(text)
+        for path, reason in files.items():
             error = self.assertRaises(
                 UsageError,
                 Options().parseOptions,
                 ["server", "--admin", "tcp:0", "--admin-token-file", path],
             )
-            self.assertIn(f"--admin-token-file {path!r}", str(error))
+            self.assertIn(f"--admin-token-file {path!r}: ", str(error))
+            self.assertIn(reason, str(error))
+
+    def test_tokenFileByteOrderMark(self) -> None:
+        """A token file that starts with a UTF-8 byte order mark gives the token without it."""
+        from tcpcomm.options import Options
+
+        path = os.path.join(scratch(self), "token")
+        with open(path, "w", encoding="utf-8-sig") as f:
+            f.write("correct-horse\r\n")
+        options = Options()
+        options.parseOptions(["server", "--admin", "tcp:0", "--admin-token-file", path])
+        self.assertEqual(options.subOptions["admin-token"], "correct-horse")
 
 
 class ClientAPITests(SynchronousTestCase):
