@@ -201,6 +201,14 @@ class _CommonOptions(usage.Options):
             "(Authorization: Bearer TOKEN); required when --admin listens beyond loopback.",
         ],
         [
+            "admin-max-connections",
+            None,
+            64,
+            "Most admin API connections at once; one more is answered 503 and closed, so "
+            "admin sockets never take the descriptors the message port needs.",
+            _number("--admin-max-connections", int, 1),
+        ],
+        [
             "log-format",
             None,
             "text",
