@@ -25,6 +25,7 @@ from urllib.parse import quote, urlsplit
 from urllib.request import ProxyHandler, Request, build_opener
 
 from tcpcomm import __version__
+from tcpcomm.tokens import TokenFileError, readTokenFile
 
 DEFAULT_ADMIN = "http://127.0.0.1:9528"
 DEFAULT_TIMEOUT = 10.0
@@ -44,7 +45,7 @@ environment:
 exit status:
   0  success
   1  the daemon answered with an error (unknown client, bad token, ...)
-  2  bad command line, or a token file that cannot be read
+  2  bad command line, or a bad token file (unreadable, empty, not one ASCII token)
   3  the daemon cannot be reached (down, wrong URL, timeout, not an admin API)
 """
 
@@ -115,25 +116,6 @@ def _usable(url: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-def readToken(path: str) -> str:
-    """
-    The bearer token in C{path}, checked as the daemon checks its own
-    C{--admin-token-file}, so that a bad file is reported here rather than
-    as a puzzling 401.
-    """
-    try:
-        with open(path, encoding="utf-8") as f:
-            token = f.read().strip()
-    except UnicodeDecodeError:
-        raise Failed(USAGE, f"cannot read the token file {path!r}: not UTF-8 text") from None
-    except OSError as e:
-        reason = e.strerror or str(e)
-        raise Failed(USAGE, f"cannot read the token file {path!r}: {reason}") from None
-    if not token or any(c.isspace() for c in token):
-        raise Failed(USAGE, f"the token file {path!r} must hold one token, without spaces")
-    return token
 
 
 def clientPath(clientId: str, action: str = "") -> str:
@@ -465,7 +447,10 @@ def run(args: argparse.Namespace) -> str:
     """
     Carry out the parsed command; what to print on success.
     """
-    token = readToken(args.token_file) if args.token_file else None
+    try:
+        token = readTokenFile(args.token_file) if args.token_file else None
+    except TokenFileError as e:
+        raise Failed(USAGE, str(e)) from None
     admin = Admin(adminURL(args.admin), token, args.timeout)
     answer: Answer = args.call(admin, args)
     if args.json:

@@ -41,7 +41,7 @@ _SEND_ERRORS = {
     "400": _error(
         "The text cannot be sent: empty, not UTF-8, not encodable, or a newline in line framing."
     ),
-    "413": _error("The encoded message is over --max-message-size."),
+    "413": _error("The body, or the message once encoded, is over --max-message-size."),
 }
 
 _ID = {

@@ -20,6 +20,7 @@ from tcpcomm.framing import FRAMINGS
 from tcpcomm.handlers import HandlerNotFound, findHandler
 from tcpcomm.templates import Template, TemplateError
 from tcpcomm.tls import TLS_VERSIONS, TLSFileError, clientCreator, serverOptions
+from tcpcomm.tokens import TokenFileError, readTokenFile
 
 
 def _number(
@@ -233,6 +234,14 @@ class _CommonOptions(usage.Options):
             "(Authorization: Bearer TOKEN); required when --admin listens beyond loopback.",
         ],
         [
+            "admin-max-connections",
+            None,
+            64,
+            "Most admin API connections at once; one more is answered 503 and closed, so "
+            "admin sockets never take the descriptors the message port needs.",
+            _number("--admin-max-connections", int, 1),
+        ],
+        [
             "log-format",
             None,
             "text",
@@ -287,15 +296,9 @@ class _CommonOptions(usage.Options):
             if self["admin"] is None:
                 raise usage.UsageError(f"--admin-token-file {tokenFile!r} needs --admin")
             try:
-                with open(tokenFile, encoding="utf-8") as f:
-                    token = f.read().strip()
-            except (OSError, UnicodeDecodeError) as e:
-                raise usage.UsageError(f"--admin-token-file {tokenFile!r}: {e}") from None
-            if not token or any(c.isspace() for c in token):
-                raise usage.UsageError(
-                    f"--admin-token-file {tokenFile!r} must hold one token, without spaces"
-                )
-            self["admin-token"] = token
+                self["admin-token"] = readTokenFile(tokenFile)
+            except TokenFileError as e:
+                raise usage.UsageError(f"--admin-token-file {tokenFile!r}: {e.reason}") from None
         description = self["admin"]
         if description is None:
             return

@@ -104,6 +104,7 @@ def addAdmin(
         options["admin-token"],
         status,
         dashboard=None if status is not None else DASHBOARD.read_bytes(),
+        maxConnections=options["admin-max-connections"],
     )
     endpoint = serverFromString(reactor, description)
     listeningService(endpoint, f"admin API {description}", site).setServiceParent(top)
