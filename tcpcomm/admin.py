@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -31,6 +31,9 @@ from tcpcomm.interfaces import ISession
 from tcpcomm.openapi import openapi
 from tcpcomm.registry import addressText
 from tcpcomm.session import Session
+
+if TYPE_CHECKING:
+    from tcpcomm.reload import ReloadStatus
 
 log = Logger()
 
@@ -135,11 +138,19 @@ class AdminResource(Resource):
         spec: dict[str, Any],
         token: str | None,
         dashboard: bytes | None = None,
+        reloads: ReloadStatus | None = None,
     ) -> None:
         super().__init__()
         specBody = json.dumps(spec, indent=1).encode()
+
+        def healthz(request: Request, params: list[str]) -> tuple[int, Any]:
+            if reloads is None:
+                return 200, {"status": "ok"}
+            lastReload = {"time": isoTime(reloads.time), "ok": reloads.ok, "error": reloads.error}
+            return 200, {"status": "ok", "lastReload": lastReload}
+
         builtIn: dict[tuple[str, str], Handler] = {
-            ("GET", "/healthz"): lambda request, params: (200, {"status": "ok"}),
+            ("GET", "/healthz"): healthz,
             ("GET", "/metrics"): lambda request, params: (
                 200,
                 Raw(CONTENT_TYPE_LATEST.encode(), generate_latest(metrics)),
@@ -156,6 +167,12 @@ class AdminResource(Resource):
             (method, re.compile("^" + re.sub(r"\{\w+\}", "([^/]+)", path) + "$"), handler)
             for (method, path), handler in {**builtIn, **routes}.items()
         ]
+        self._token = token
+
+    def setToken(self, token: str | None) -> None:
+        """
+        Require C{token} from now on (a reload read the token file again).
+        """
         self._token = token
 
     def render(self, request: Request) -> bytes | int:
@@ -395,9 +412,11 @@ def makeAdminSite(
     token: str | None,
     status: ClientStatus | None = None,
     dashboard: bytes | None = None,
+    reloads: ReloadStatus | None = None,
 ) -> Site:
     """
-    The admin site of a server (C{status} is L{None}) or of a client.
+    The admin site of a server (C{status} is L{None}) or of a client;
+    C{/healthz} tells the last reload's time and result from C{reloads}.
     """
     if status is None:
         routes = serverRoutes(hub, outgoing, clock)
@@ -406,4 +425,4 @@ def makeAdminSite(
         routes = clientRoutes(hub, status, outgoing)
         spec = openapi("client", token is not None)
         dashboard = None
-    return AdminSite(AdminResource(routes, metrics, spec, token, dashboard))
+    return AdminSite(AdminResource(routes, metrics, spec, token, dashboard, reloads))
