@@ -114,14 +114,11 @@ def _tlsFile(name: str) -> bool:
     return name.startswith("tls-")
 
 
-def _useServerTLS(tls: ReloadableServerTLS, new: Any) -> str | None:
-    if new is None:
-        return "turning TLS off"
-    tls.current = new
-    return None
-
-
-def _useClientTLS(tls: ReloadableClientTLS, new: Any) -> str | None:
+def _useTLS(tls: ReloadableServerTLS | ReloadableClientTLS, new: Any) -> str | None:
+    """
+    Put new TLS settings in place; TLS that the options now turn off stays
+    on until a restart, since the listener or endpoint was built for it.
+    """
     if new is None:
         return "turning TLS off"
     tls.current = new
@@ -150,7 +147,7 @@ def makeServer(options: ServerOptions, reactor: Any) -> MultiService:
             Live(
                 "TLS certificate",
                 lambda o: o["tls"],
-                partial(_useServerTLS, tls),
+                partial(_useTLS, tls),
                 sources=_tlsFile,
                 always=True,
                 describe=describeCertificate,
@@ -271,7 +268,7 @@ def makeClient(options: ClientOptions, reactor: Any) -> MultiService:
             Live(
                 "TLS settings",
                 lambda o: o["tls-creator"],
-                partial(_useClientTLS, tls),
+                partial(_useTLS, tls),
                 sources=_tlsFile,
                 always=True,
                 describe=lambda creator: "TLS settings (for the next connection)",
