@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 from io import BytesIO
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -36,6 +36,9 @@ from tcpcomm.interfaces import ISession
 from tcpcomm.openapi import openapi
 from tcpcomm.registry import addressText
 from tcpcomm.session import Session
+
+if TYPE_CHECKING:
+    from tcpcomm.reload import ReloadStatus
 
 log = Logger()
 
@@ -182,13 +185,19 @@ class AdminResource(Resource):
         token: str | None,
         maxBody: int,
         dashboard: bytes | None = None,
+        reloads: ReloadStatus | None = None,
     ) -> None:
         super().__init__()
         specBody = json.dumps(spec, indent=1).encode()
+
+        def healthz(request: Request, params: list[str]) -> tuple[int, Any]:
+            if reloads is None:
+                return 200, {"status": "ok"}
+            lastReload = {"time": isoTime(reloads.time), "ok": reloads.ok, "error": reloads.error}
+            return 200, {"status": "ok", "lastReload": lastReload}
+
         builtIn: dict[tuple[str, str], Route] = {
-            ("GET", "/healthz"): Route(
-                lambda request, params: (200, {"status": "ok"}), public=True
-            ),
+            ("GET", "/healthz"): Route(healthz, public=True),
             ("GET", "/metrics"): Route(
                 lambda request, params: (
                     200,
@@ -229,6 +238,12 @@ class AdminResource(Resource):
         if length is not None and length > limit:
             raise _tooLarge(limit, length)
         return limit
+
+    def setToken(self, token: str | None) -> None:
+        """
+        Require C{token} from now on (a reload read the token file again).
+        """
+        self.token = token
 
     def render(self, request: Request) -> bytes | int:
         method, path = _target(request.method, request.path)
@@ -712,9 +727,11 @@ def makeAdminSite(
     status: ClientStatus | None = None,
     dashboard: bytes | None = None,
     maxConnections: int = 64,
+    reloads: ReloadStatus | None = None,
 ) -> AdminSite:
     """
-    The admin site of a server (C{status} is L{None}) or of a client.
+    The admin site of a server (C{status} is L{None}) or of a client;
+    C{/healthz} tells the last reload's time and result from C{reloads}.
     """
     if status is None:
         routes = serverRoutes(hub, outgoing, clock)
@@ -723,5 +740,7 @@ def makeAdminSite(
         routes = clientRoutes(hub, status, outgoing)
         spec = openapi("client", token is not None)
         dashboard = None
-    resource = AdminResource(routes, metrics, spec, token, outgoing.maxMessageSize, dashboard)
+    resource = AdminResource(
+        routes, metrics, spec, token, outgoing.maxMessageSize, dashboard, reloads
+    )
     return AdminSite(resource, maxConnections, clock)

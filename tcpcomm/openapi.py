@@ -65,7 +65,20 @@ def _common(protected: dict[str, Any]) -> dict[str, Any]:
                         "Up.",
                         {
                             "type": "object",
-                            "properties": {"status": {"type": "string", "enum": ["ok"]}},
+                            "properties": {
+                                "status": {"type": "string", "enum": ["ok"]},
+                                "lastReload": {
+                                    "description": "The last load of the settings: the "
+                                    "start, or the last SIGHUP reload.",
+                                    "type": "object",
+                                    "properties": {
+                                        "time": {"type": "string", "format": "date-time"},
+                                        "ok": {"type": "boolean"},
+                                        "error": {"type": "string", "nullable": True},
+                                    },
+                                    "required": ["time", "ok", "error"],
+                                },
+                            },
                             "required": ["status"],
                         },
                     )

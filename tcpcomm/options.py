@@ -9,13 +9,15 @@ from __future__ import annotations
 import codecs
 import ipaddress
 import math
-from collections.abc import Callable
-from typing import Any
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, Self
 
 from twisted.internet.endpoints import clientFromString, quoteStringArgument, serverFromString
 from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 
+from tcpcomm.config import ConfigFile, givenOptions
 from tcpcomm.framing import FRAMINGS
 from tcpcomm.handlers import HandlerNotFound, findHandler
 from tcpcomm.templates import Template, TemplateError
@@ -122,7 +124,16 @@ def _checkMinVersionUnused(
 class _CommonOptions(usage.Options):
     """
     Options shared by server and client.
+
+    @ivar argv: the command line these options were parsed from, to parse
+        again on a reload.
     """
+
+    #: The config file's table for this side.
+    side = ""
+    #: Options that may be given more than once (arrays in a config file).
+    repeatable: tuple[str, ...] = ()
+    argv: list[str] = []
 
     optFlags = [
         [
@@ -248,7 +259,42 @@ class _CommonOptions(usage.Options):
             "twistd's log as text lines, or as one JSON object per line.",
             _choice("--log-format", ["text", "json"]),
         ],
+        [
+            "config",
+            None,
+            None,
+            "TOML file of settings: a [server] or [client] table whose keys are the long "
+            "option names (reply-delay = 0.5); the command line wins over it. Re-read, with "
+            "every other file named here, on SIGHUP.",
+        ],
     ]
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """
+        Parse C{options}, after the settings of C{--config FILE} when it is
+        given, so that the command line wins.
+        """
+        argv = list(sys.argv[1:] if options is None else options)
+        self.argv = argv
+        given = givenOptions(self, argv)
+        if given is None or "config" not in given or {"help", "version"} & set(given):
+            super().parseOptions(argv)
+            return
+        config = ConfigFile(given["config"], self.side, self)
+        try:
+            super().parseOptions(config.arguments(given) + argv)
+        except usage.UsageError as e:
+            raise config.blame(e, given) from None
+
+    def reparsed(self) -> Self:
+        """
+        New options parsed from the same command line, which reads
+        C{--config} and every file the options name again; raises
+        L{usage.UsageError} as the first parse would have.
+        """
+        fresh = type(self)()
+        fresh.parseOptions(self.argv)
+        return fresh
 
     def postOptions(self) -> None:
         if isinstance(self["handler"], str):
@@ -327,6 +373,8 @@ class ServerOptions(_CommonOptions):
         "Accept many clients, keep a registry of who is connected, and answer "
         "each message after --reply-delay seconds."
     )
+    side = "server"
+    repeatable = ("listen",)
     optParameters = [
         [
             "port",
@@ -450,6 +498,7 @@ class ClientOptions(_CommonOptions):
         "Keep one connection to a server, greet it, and answer each of its "
         "messages after --reply-delay seconds; reconnect with backoff when it goes."
     )
+    side = "client"
     optParameters = [
         ["host", "h", "127.0.0.1", "Server host: a name, an IPv4 or an IPv6 address."],
         ["port", "p", 9527, "Server TCP port.", _number("--port", int, 1, 65535)],

@@ -341,10 +341,19 @@ class MessageFactory(Factory[FramedProtocol]):
     noisy = False
 
     def __init__(self, protocol: type[FramedProtocol], hub: Hub, limits: Limits) -> None:
+        self.framing = protocol
+        self.hub = hub
+        self.setLimits(limits)
+
+    def setLimits(self, limits: Limits) -> None:
+        """
+        Use C{limits} from now on (a reload): connections made from now on
+        get them, and the watched protocol if they time arriving data.
+        """
+        protocol = self.framing
         if limits.watched:
             protocol = type(f"Watched{protocol.__name__}", (_Watched, protocol), {})
         self.protocol = protocol
-        self.hub = hub
         self.limits = limits
         #: Connections not ready yet (in their TLS handshake), oldest first,
         #: with their deadlines.

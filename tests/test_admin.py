@@ -84,8 +84,9 @@ class ServerRouteTests(ServerAPITestCase):
     """
 
     def test_healthz(self) -> None:
-        """/healthz says ok."""
-        self.assertEqual(call(self.admin, "GET", "/healthz")[:2], (200, {"status": "ok"}))
+        """/healthz says ok, and how the last load of the settings went."""
+        status, body, _ = call(self.admin, "GET", "/healthz")
+        self.assertEqual((status, body["status"], body["lastReload"]["ok"]), (200, "ok", True))
 
     def test_clients(self) -> None:
         """GET /clients lists each client with its address and counters."""
