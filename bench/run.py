@@ -239,20 +239,17 @@ def raiseFileLimit(needed: int) -> tuple[int, str]:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, ceiling), min(needed, ceiling)))
         except (OSError, ValueError) as e:
-            why = (
-                f"the hard open-files limit is {hard:,} (ulimit -Hn) and raising it was "
-                f"refused ({e}: it takes CAP_SYS_RESOURCE)"
-            )
+            why = f"ulimit -Hn; raising it was refused, {e}: that takes CAP_SYS_RESOURCE"
         else:
             if ceiling < needed:
-                why = f"the kernel allows no process more than {ceiling:,} (fs.nr_open)"
+                why = f"fs.nr_open is {ceiling:,}"
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else max(needed, soft)
     if target > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft < needed and not why:
-        why = f"the open-files limit is {soft:,}"
+        why = "RLIMIT_NOFILE"
     return soft, why
 
 
@@ -284,8 +281,8 @@ class HoldPlan:
         if not self.limitedBy:
             return f"hold: {spread}"
         return (
-            f"hold: {self.count:,} of the {self.requested:,} connections asked for, because "
-            + "; and ".join(self.limitedBy)
+            f"hold: {self.count:,} of the {self.requested:,} connections asked for: "
+            + "; ".join(self.limitedBy)
             + f". Running {spread}."
         )
 
@@ -309,8 +306,8 @@ def planHold(requested: int, openFiles: int, why: str) -> HoldPlan:
 
     cap(
         openFiles - HOLD_RESERVE,
-        f"no process here may hold more than {openFiles:,} descriptors ({why or 'RLIMIT_NOFILE'}) "
-        f"and the server needs one per connection plus {HOLD_RESERVE:,} for the rest",
+        f"a process may open {openFiles:,} descriptors here ({why or 'RLIMIT_NOFILE'}), and "
+        f"the server needs one per connection and {HOLD_RESERVE:,} for the rest",
     )
     fileMax, allocated = _readInt("/proc/sys/fs/file-max"), _readInt("/proc/sys/fs/file-nr")
     if fileMax is not None and allocated is not None:
@@ -569,7 +566,11 @@ class Server:
         self.firstProblem = ""
         self.process = self._launch()
         if profiler == "py-spy":
-            self._attach()
+            try:
+                self._attach()
+            except Exception:
+                stop(self.process)
+                raise
 
     def _launch(self) -> subprocess.Popen[bytes]:
         launch = Launch(
@@ -607,7 +608,7 @@ class Server:
         with open(errPath, "wb") as err:
             self.spy = start(
                 ["taskset", "-c", LOAD_CPU, spy, "record", "--pid", str(self.pid)]
-                + ["--nonblocking", "--rate", "250", "--function", "--format", "raw"]
+                + ["--nonblocking", "--rate", "500", "--function", "--format", "raw"]
                 + ["--output", self.spyPath],
                 stdout=err,
                 stderr=subprocess.STDOUT,
@@ -730,10 +731,12 @@ def cProfileProfile(path: str) -> dict[str, Any]:
 
 
 def _short(filename: str) -> str:
-    for marker in ("site-packages/", "lib/python3"):
-        if marker in filename:
-            return filename.split(marker, 1)[1].lstrip("/")
-    return os.path.relpath(filename, ROOT) if filename.startswith(ROOT) else filename
+    """
+    A source file's name from its package down, as py-spy shows it.
+    """
+    if filename.startswith(ROOT + os.sep):
+        return os.path.relpath(filename, ROOT)
+    return re.sub(r"^.*/(?:site-packages|lib/python3\.\d+)/", "", filename)
 
 
 def _entries(own: Counter[str], within: Counter[str], total: float) -> list[dict[str, Any]]:
@@ -755,13 +758,12 @@ def profileText(profile: dict[str, Any]) -> str:
     lines = [
         f"{profile['workload']} on {profile['server']}: {profile['profiler']}, {amount:,} {unit}; "
         f"server CPU {profile.get('cpu_us_per_msg', '?')} µs per message in this run",
-        f"{'self':>6} {'total':>6} {'µs/msg':>7}  function (file:line)",
+        f"{'self':>6} {'total':>6} {'µs/msg':>7}  function (file:line); µs/msg: self's part",
     ]
     for e in profile["entries"]:
         us = e.get("us_per_msg")
-        lines.append(
-            f"{e['self']:>6.1%} {e['total']:>6.1%} {us if us is not None else '':>7}  {e['function']}"
-        )
+        shown = f"{us:.2f}" if us is not None else ""
+        lines.append(f"{e['self']:>6.1%} {e['total']:>6.1%} {shown:>7}  {e['function']}")
     return "\n".join(lines)
 
 
