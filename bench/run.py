@@ -271,7 +271,8 @@ class HoldPlan:
     count: int
     processes: int
     sources: int
-    limitedBy: list[str]
+    limitedBy: list[str]  # why, in full
+    limits: list[str] = field(default_factory=list)  # the same, in a few words
 
     def text(self) -> str:
         spread = (
@@ -296,16 +297,19 @@ def planHold(requested: int, openFiles: int, why: str) -> HoldPlan:
     """
     count = requested
     limitedBy: list[str] = []
+    limits: list[str] = []
 
-    def cap(most: int, reason: str) -> None:
+    def cap(most: int, short: str, reason: str) -> None:
         nonlocal count
         most = max(0, most // 1000 * 1000)
         if most < count:
             count = most
+            limits.append(short)
             limitedBy.append(reason)
 
     cap(
         openFiles - HOLD_RESERVE,
+        f"{openFiles:,} descriptors per process",
         f"a process may open {openFiles:,} descriptors here ({why or 'RLIMIT_NOFILE'}), and "
         f"the server needs one per connection and {HOLD_RESERVE:,} for the rest",
     )
@@ -313,6 +317,7 @@ def planHold(requested: int, openFiles: int, why: str) -> HoldPlan:
     if fileMax is not None and allocated is not None:
         cap(
             (fileMax - allocated - 10000) // 2,
+            "fs.file-max",
             f"the system allows {fileMax:,} open files in all (fs.file-max), two per connection",
         )
     with open("/proc/meminfo") as f:
@@ -321,12 +326,16 @@ def planHold(requested: int, openFiles: int, why: str) -> HoldPlan:
         )
     if available is not None:
         # Client and server socket, kernel and user space: well under 16 KiB.
-        cap(available // 16, f"{available // 1024:,} MiB of memory is available, 16 KiB each")
+        cap(
+            available // 16,
+            "memory",
+            f"{available // 1024:,} MiB of memory is available, 16 KiB each",
+        )
     usable = int(ephemeralPorts() * 0.9)
-    cap(usable * 250, f"250 source addresses of {usable:,} ports each")
+    cap(usable * 250, "ports", f"250 source addresses of {usable:,} ports each")
     sources = max(4, math.ceil(count / usable))
     processes = max(1, math.ceil(count / max(1, openFiles - LOADGEN_RESERVE)))
-    return HoldPlan(requested, count, processes, sources, limitedBy)
+    return HoldPlan(requested, count, processes, sources, limitedBy, limits)
 
 
 # The load generator.
@@ -1391,7 +1400,11 @@ def _targetsOf(report: dict[str, Any], name: str) -> list[dict[str, Any]]:
                 "server": name,
                 "target": f"hold {hold['requested']:,} idle connections",
                 "value": f"{count:,} held"
-                + (f" ({'; '.join(hold['limited_by'])})" if hold["limited_by"] else ""),
+                + (
+                    f" (the most that fits: {', '.join(hold['limits'])})"
+                    if hold.get("limits")
+                    else ""
+                ),
                 "met": count >= hold["requested"],
                 "by": f"{count - hold['requested']:+,}",
             }
@@ -1749,6 +1762,7 @@ def main() -> int:
                 "loadgens": plan.processes,
                 "sources": plan.sources,
                 "limited_by": plan.limitedBy,
+                "limits": plan.limits,
             },
             "profiler": profiler,
         },
