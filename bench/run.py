@@ -4,8 +4,8 @@ same run with two baselines that do the same work (a bare Twisted
 LineOnlyReceiver and an asyncio Protocol, both answering each line at once
 with the same line, or relaying it to every other connection).
 
-    python bench/run.py                     # the full run, under ~15 minutes
-    python bench/run.py --quick             # a short run, a few minutes
+    python bench/run.py                     # the full run, about 18 minutes
+    python bench/run.py --quick             # a short run, about 3 minutes
     python bench/run.py --quick --only flood,accept
     python bench/run.py --profile --only pipe32
     python bench/run.py --report bench/results/RUN.json   # table and plot again
@@ -1588,7 +1588,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="a short run (a few minutes)")
+    parser.add_argument("--quick", action="store_true", help="a short run (about 3 minutes)")
     parser.add_argument(
         "--servers",
         help="comma-separated, from tcpcomm, tcpcomm-nolog (--no-message-log), tcpcomm-devnull "
