@@ -19,6 +19,7 @@ from twisted.python import usage
 from tcpcomm.framing import FRAMINGS
 from tcpcomm.handlers import HandlerNotFound, findHandler
 from tcpcomm.logs import useJSON
+from tcpcomm.server import systemBacklog
 from tcpcomm.templates import Template, TemplateError
 from tcpcomm.tls import TLSFileError, clientCreator, serverOptions
 
@@ -323,8 +324,10 @@ class ServerOptions(_CommonOptions):
         [
             "backlog",
             None,
-            50,
-            "Length of the queue of connections not yet accepted.",
+            None,
+            "Length of the queue of connections not yet accepted on --port (default: the "
+            "system's maximum, net.core.somaxconn on Linux); --listen strings carry their own "
+            "(backlog=, 50 if not given)",
             _number("--backlog", int, 1),
         ],
         [
@@ -376,6 +379,8 @@ class ServerOptions(_CommonOptions):
 
     def postOptions(self) -> None:
         super().postOptions()
+        if self["backlog"] is None:
+            self["backlog"] = systemBacklog()
         cert, key, clientCA = self["tls-cert"], self["tls-key"], self["tls-client-ca"]
         if cert is None:
             for name, value in (("tls-key", key), ("tls-client-ca", clientCA)):

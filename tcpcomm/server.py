@@ -5,6 +5,8 @@ listen, and a service that closes every peer when the server stops.
 
 from __future__ import annotations
 
+import socket
+
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
@@ -20,6 +22,23 @@ from zope.interface import implementer
 from tcpcomm.registry import PeerRegistry, addressText
 
 log = Logger()
+
+SOMAXCONN_PATH = "/proc/sys/net/core/somaxconn"
+
+
+def systemBacklog(path: str = SOMAXCONN_PATH) -> int:
+    """
+    The longest queue of connections not yet accepted that the system
+    allows: Linux's C{net.core.somaxconn} (which caps any larger
+    C{listen()} backlog), elsewhere the C{SOMAXCONN} Python was built with.
+    Thousands of clients reconnecting at once overflow a short queue, and
+    each one dropped waits for its SYN to be sent again, 1, 3, 7, 15 s on.
+    """
+    try:
+        with open(path, encoding="ascii") as f:
+            return max(1, int(f.read()))
+    except (OSError, ValueError):
+        return socket.SOMAXCONN
 
 
 @implementer(IStreamServerEndpoint)

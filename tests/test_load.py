@@ -1,10 +1,12 @@
 """
 Load, end to end: a real C{twistd} echo server and 2,000 concurrent clients
-driven from the test with non-blocking sockets, counting every message.
+driven from the test with non-blocking sockets, counting every message; and
+3,000 clients connecting at once to a server with default options.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import resource
 import selectors
@@ -12,12 +14,12 @@ import socket
 import time
 import urllib.request
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 from twisted.logger import Logger
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from .processes import WAIT, Twistd, assertCleanLog
+from .processes import WAIT, Twistd, assertCleanLog, localServer
 
 ADMIN_PORT = r"listening on 127\.0\.0\.1:(\d+) \(admin API"
 CLIENTS = 2000
@@ -267,3 +269,69 @@ class LoadTests(SynchronousTestCase):
             if time.monotonic() > deadline:
                 self.fail(f"not {what} within {timeout} s")
             time.sleep(0.2)
+
+
+AT_ONCE = 3000
+#: The default --reply-delay is 5 s: each client must be answered within 10 s
+#: of connecting.
+ANSWERED_WITHIN = 10.0
+
+
+class BacklogTests(SynchronousTestCase):
+    """
+    Thousands of clients connecting at the same moment, as after a restart.
+    """
+
+    def test_threeThousandAtOnce(self) -> None:
+        """3,000 clients that connect at once to a server with default options (but its port and interface) are each answered within 10 s of connecting."""
+        raiseFileLimit(self, AT_ONCE + 256)
+        server = localServer(self)
+        port = server.listeningPort()
+        selector = selectors.DefaultSelector()
+        self.addCleanup(selector.close)
+        socks: dict[socket.socket, float] = {}
+
+        def closeAll() -> None:
+            for sock in socks:
+                sock.close()
+
+        self.addCleanup(closeAll)
+        for _ in range(AT_ONCE):
+            sock = socket.socket()
+            sock.setblocking(False)
+            socks[sock] = time.monotonic()
+            code = sock.connect_ex(("127.0.0.1", port))
+            self.assertIn(code, (0, errno.EINPROGRESS))
+            selector.register(sock, selectors.EVENT_WRITE, b"")
+        answered: dict[socket.socket, float] = {}
+        deadline = time.monotonic() + ANSWERED_WITHIN
+        while len(answered) < AT_ONCE and time.monotonic() < deadline:
+            for key, events in selector.select(timeout=0.2):
+                sock = cast(socket.socket, key.fileobj)
+                if events & selectors.EVENT_WRITE:
+                    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    self.assertEqual(error, 0, errno.errorcode.get(error))
+                    sock.send(b"hi\n")
+                    selector.modify(sock, selectors.EVENT_READ, b"")
+                    continue
+                data = key.data + sock.recv(4096)
+                self.assertNotEqual(data, key.data, "closed by the server")
+                if data.endswith(b"\n"):
+                    self.assertTrue(data.startswith(b"response from server "), data)
+                    answered[sock] = time.monotonic()
+                    selector.unregister(sock)
+                else:
+                    selector.modify(sock, selectors.EVENT_READ, data)
+        late = sorted(
+            answered[s] - socks[s] for s in answered if answered[s] - socks[s] > ANSWERED_WITHIN
+        )
+        self.assertEqual(
+            (AT_ONCE - len(answered), late),
+            (0, []),
+            f"{AT_ONCE - len(answered)} of {AT_ONCE} unanswered after {ANSWERED_WITHIN} s",
+        )
+        slowest = max(answered[s] - socks[s] for s in answered)
+        Logger().info(
+            "3,000 at once: slowest answered {slowest:.1f} s after connecting", slowest=slowest
+        )
+        assertCleanLog(self, server.output())
