@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -275,29 +277,80 @@ class _Watched:
         self.watchdog.received(self.hasPartial())  # type: ignore[attr-defined]
 
 
+#: Seconds a refused peer may take to be told (over TLS, the handshake comes
+#: first) before it is dropped: each one waiting holds a file descriptor.
+REFUSAL_TIMEOUT = 10.0
+
+
 class Refusal(Protocol):
     """
-    What a peer over C{--max-connections} gets: one message saying so, in
+    What a peer over the connection limit gets: one message saying so, in
     its framing, and a closed connection.
+
+    Over plain TCP and UNIX sockets both happen at once, so the descriptor
+    is free again before the next connection is accepted: Twisted accepts a
+    hundred connections or more per reactor turn, and at the descriptor
+    limit holding each refused one until the next turn runs the process out
+    of them (then Twisted accepts the connections waiting and closes them
+    without a word).
     """
 
-    def __init__(self, message: bytes, hub: Hub, limit: int) -> None:
+    _deadline: IDelayedCall | None = None
+
+    def __init__(self, message: bytes, hub: Hub, limit: int, cause: str, reason: str) -> None:
         self._message = message
         self._hub = hub
         self._limit = limit
+        self._cause = cause
+        self._reason = reason
 
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
         self._hub.stats.refused += 1
         log.warn(
-            "refusing {peer}: --max-connections {limit} reached",
+            "refusing {peer}: {reason}",
             event="refused",
             peer=addressText(transport.getPeer()),
             limit=self._limit,
+            cause=self._cause,
+            reason=self._reason,
         )
-        transport.write(self._message)
+        message = self._message
+        if isinstance(transport, FileDescriptor):
+            message = self._sendNow(transport, message)
+            if not message:
+                return
+        transport.write(message)
         transport.loseConnection()
+        self._deadline = self._hub.clock.callLater(REFUSAL_TIMEOUT, transport.abortConnection)  # type: ignore[attr-defined]
+
+    def _sendNow(self, transport: FileDescriptor, message: bytes) -> bytes:
+        """
+        Send C{message} straight to the socket and close it now; return
+        what is left to send the usual way if the socket did not take it all.
+        """
+        sock = transport.getHandle()  # type: ignore[attr-defined]
+        try:
+            sent = sock.send(message)
+        except BlockingIOError:
+            return message
+        except OSError:
+            sent = len(message)  # the peer is gone already
+        if sent < len(message):
+            return message[sent:]
+        try:
+            sock.recv(65536)  # what it already sent: closing with it unread is a reset
+        except OSError:
+            pass
+        # What the reactor calls once a closing connection's buffer is
+        # written; called here, it writes nothing and closes the socket.
+        transport.connectionLost(Failure(ConnectionDone()))
+        return b""
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
 
 
 class MessageFactory(Factory[FramedProtocol]):
@@ -315,17 +368,41 @@ class MessageFactory(Factory[FramedProtocol]):
         self.protocol = protocol
         self.hub = hub
         self.limits = limits
+        #: The most clients at once: C{--max-connections}, or fewer when the
+        #: process's file descriptors do not hold that many (see
+        #: L{tcpcomm.descriptors}).
+        self.connectionLimit = limits.maxConnections
+        self._fileLimit: int | None = None
+
+    def lowerConnectionLimit(self, limit: int, fileLimit: int) -> None:
+        """
+        Accept at most C{limit} clients, all that C{fileLimit} descriptors hold.
+        """
+        self.connectionLimit = limit
+        self._fileLimit = fileLimit
 
     def buildProtocol(self, addr: IAddress | None) -> FramedProtocol:
         limits = self.limits
-        if limits.maxConnections is not None and len(self.hub.registry) >= limits.maxConnections:
-            full = self.hub.texts.fullReply
-            text = full.render(self.hub.clock.seconds()) if full is not None else b"full"
-            return Refusal(self.protocol.frame(text), self.hub, limits.maxConnections)  # type: ignore[return-value]
+        limit = self.connectionLimit
+        if limit is not None and len(self.hub.registry) >= limit:
+            return self._refusal(limit)  # type: ignore[return-value]
         p = self.protocol()
         p.factory = self
         p.MAX_LENGTH = limits.maxMessageSize + p.slack
         return p
+
+    def _refusal(self, limit: int) -> Refusal:
+        full = self.hub.texts.fullReply
+        text = full.render(self.hub.clock.seconds()) if full is not None else b"full"
+        if self._fileLimit is None:
+            cause, reason = "max-connections", f"--max-connections {limit} reached"
+        else:
+            cause = "file-limit"
+            reason = (
+                f"{limit} clients connected, all that RLIMIT_NOFILE {self._fileLimit} allows "
+                f"(--max-connections {self.limits.maxConnections})"
+            )
+        return Refusal(self.protocol.frame(text), self.hub, limit, cause, reason)
 
     def peerConnected(self, peer: FramedProtocol) -> None:
         """

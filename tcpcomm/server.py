@@ -19,6 +19,8 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from tcpcomm.descriptors import DescriptorBudget, FileLimit
+from tcpcomm.protocol import MessageFactory
 from tcpcomm.registry import PeerRegistry, addressText
 
 log = Logger()
@@ -115,16 +117,21 @@ class DisconnectAllService(Service):
 
 def makeServerService(
     listeners: list[tuple[IStreamServerEndpoint, str]],
-    factory: IProtocolFactory,
+    factory: MessageFactory,
     registry: PeerRegistry,
     clock: IReactorTime,
     shutdownTimeout: float,
+    adminConnections: int = 0,
+    fileLimit: FileLimit | None = None,
 ) -> MultiService:
     """
-    Listen on each C{(endpoint, description)} with C{factory}. Closing peers
-    is added first so that it runs after every listener has stopped accepting.
+    Listen on each C{(endpoint, description)} with C{factory}, within the
+    file descriptors C{fileLimit} allows beside C{adminConnections}. Closing
+    peers is added before the listeners so that it runs after every one of
+    them has stopped accepting.
     """
     top = MultiService()
+    DescriptorBudget(factory, adminConnections, fileLimit).setServiceParent(top)
     DisconnectAllService(registry, clock, shutdownTimeout).setServiceParent(top)
     for endpoint, description in listeners:
         listeningService(endpoint, description, factory).setServiceParent(top)

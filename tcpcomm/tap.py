@@ -76,9 +76,20 @@ def makeServer(options: ServerOptions, reactor: Any) -> MultiService:
         hub.registry,
         reactor,
         options["shutdown-timeout"],
+        adminConnections(options),
     )
     addAdmin(top, options, hub, reactor)
     return top
+
+
+def adminConnections(options: ServerOptions) -> int:
+    """
+    How many connections the admin API may hold open at once, for the
+    descriptor budget: none without C{--admin}.
+    """
+    if options["admin"] is None:
+        return 0
+    return int(options.get("admin-max-connections", 64))
 
 
 def addAdmin(

@@ -1,13 +1,15 @@
 """
 Load, end to end: a real C{twistd} echo server and 2,000 concurrent clients
-driven from the test with non-blocking sockets, counting every message; and
-3,000 clients connecting at once to a server with default options.
+driven from the test with non-blocking sockets, counting every message;
+3,000 clients connecting at once to a server with default options; and 400
+at once to a server that may open only 256 files.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import re
 import resource
 import selectors
 import socket
@@ -18,6 +20,8 @@ from typing import Any, cast
 
 from twisted.logger import Logger
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tcpcomm.descriptors import HEADROOM
 
 from .processes import WAIT, Twistd, assertCleanLog, localServer
 
@@ -335,3 +339,151 @@ class BacklogTests(SynchronousTestCase):
             "3,000 at once: slowest answered {slowest:.1f} s after connecting", slowest=slowest
         )
         assertCleanLog(self, server.output())
+
+
+FILES = 256  # the server's RLIMIT_NOFILE, soft and hard
+DIALS = 400
+ADMIN_CONNECTIONS = 64  # --admin-max-connections' default
+
+
+def metric(port: int, name: str) -> float:
+    """
+    One sample of the admin API's /metrics at C{port}.
+    """
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=WAIT) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+def dialAll(port: int, count: int) -> list[socket.socket]:
+    """
+    C{count} non-blocking connections to C{port}, all begun at once.
+    """
+    socks = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.setblocking(False)
+        code = sock.connect_ex(("127.0.0.1", port))
+        if code not in (0, errno.EINPROGRESS):
+            raise AssertionError(f"connect: {errno.errorcode.get(code)}")
+        socks.append(sock)
+    return socks
+
+
+def refusals(socks: list[socket.socket], expected: int) -> dict[socket.socket, bytes]:
+    """
+    Read C{socks} until C{expected} of them were closed by the server (within
+    C{WAIT} seconds); what each of those received.
+    """
+    selector = selectors.DefaultSelector()
+    received = {sock: b"" for sock in socks}
+    closed: dict[socket.socket, bytes] = {}
+    for sock in socks:
+        selector.register(sock, selectors.EVENT_READ)
+    deadline = time.monotonic() + WAIT
+    try:
+        while len(closed) < expected and time.monotonic() < deadline:
+            for key, _ in selector.select(timeout=0.2):
+                sock = cast(socket.socket, key.fileobj)
+                try:
+                    data = sock.recv(4096)
+                except BlockingIOError:
+                    continue
+                except ConnectionResetError:
+                    data, received[sock] = b"", received[sock] + b"<reset>"
+                if data:
+                    received[sock] += data
+                else:
+                    closed[sock] = received[sock]
+                    selector.unregister(sock)
+    finally:
+        selector.close()
+    if len(closed) < expected:
+        raise AssertionError(f"{len(closed)} of {expected} refused within {WAIT} s")
+    return closed
+
+
+def echoes(socks: list[socket.socket]) -> None:
+    """
+    Each of C{socks} gets its own line echoed back.
+    """
+    for i, sock in enumerate(socks):
+        sock.setblocking(True)
+        sock.settimeout(WAIT)
+        sock.sendall(b"still here %d\n" % i)
+    for i, sock in enumerate(socks):
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise AssertionError(f"connection {i} closed after {line!r}")
+            line += chunk
+        if line != b"still here %d\n" % i:
+            raise AssertionError(f"connection {i} got {line!r}")
+
+
+class FileLimitTests(SynchronousTestCase):
+    """
+    A server whose open-file limit cannot hold --max-connections.
+    """
+
+    def test_fourHundredUnder256(self) -> None:
+        """Of 400 connections at once to a server under ulimit -n 256, those over the limit it lowers itself to get --full-reply and are counted, the others are answered, and room comes back as clients leave."""
+        raiseFileLimit(self, DIALS + 256)
+
+        def limitFiles() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (FILES, FILES))
+
+        server = localServer(
+            self,
+            "--handler",
+            "echo",
+            "--admin",
+            "tcp:0:interface=127.0.0.1",
+            preexec=limitFiles,
+        )
+        port = server.listeningPort()
+        admin = int(server.waitFor(ADMIN_PORT).group(1))
+        allowed = int(server.waitFor(r"accepting at most (\d+) clients").group(1))
+        self.assertEqual(allowed, FILES - ADMIN_CONNECTIONS - HEADROOM)
+
+        socks = dialAll(port, DIALS)
+
+        def closeAll() -> None:
+            for sock in socks:
+                sock.close()
+
+        self.addCleanup(closeAll)
+        refused = refusals(socks, DIALS - allowed)
+        self.assertEqual(len(refused), DIALS - allowed)
+        wrong = [data for data in refused.values() if not data.startswith(b"server full ")]
+        self.assertEqual(wrong, [])
+        self.assertEqual({data.count(b"\n") for data in refused.values()}, {1})
+        kept = [sock for sock in socks if sock not in refused]
+        echoes(kept)
+        self.assertEqual(len(getJSON(admin, "/clients")), allowed)
+        self.assertEqual(metric(admin, "tcpcomm_refused_connections_total"), DIALS - allowed)
+
+        # Room again once clients leave: as many are accepted, one more is not.
+        for sock in kept[:20]:
+            sock.close()
+        deadline = time.monotonic() + WAIT
+        while len(getJSON(admin, "/clients")) > allowed - 20:
+            self.assertLess(time.monotonic(), deadline, "the 20 not gone")
+            time.sleep(0.05)
+        again = dialAll(port, 21)
+        socks.extend(again)
+        last = refusals(again, 1)
+        self.assertEqual([data[:12] for data in last.values()], [b"server full "])
+        echoes([sock for sock in again if sock not in last] + kept[20:])
+        self.assertEqual(metric(admin, "tcpcomm_refused_connections_total"), DIALS - allowed + 1)
+
+        output = server.output()
+        self.assertNotIn("EMFILE", output)
+        self.assertEqual(
+            len(re.findall(r"refusing 127\.0\.0\.1:\d+: ", output)), DIALS - allowed + 1
+        )
+        assertCleanLog(self, output)

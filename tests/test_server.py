@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from tcpcomm.descriptors import DescriptorBudget
 from tcpcomm.options import Options
 from tcpcomm.registry import PeerRegistry
 from tcpcomm.server import (
@@ -25,7 +26,7 @@ from tcpcomm.server import (
     systemBacklog,
 )
 
-from .support import connect, makeHub
+from .support import FakeFileLimit, connect, makeHub
 
 
 class DisconnectAllServiceTests(SynchronousTestCase):
@@ -116,6 +117,8 @@ class MakeServerServiceTests(SynchronousTestCase):
             registry,
             reactor,
             10,
+            0,
+            FakeFileLimit(),
         )
         self.assertEqual(reactor.tcpServers, [])
         with capturedLogs() as events:
@@ -133,10 +136,12 @@ class MakeServerServiceTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         protocol, transport, _, factory = connect()
         registry = factory.hub.registry
-        service = makeServerService(listeners(reactor, "tcp:9527"), factory, registry, reactor, 10)
+        service = makeServerService(
+            listeners(reactor, "tcp:9527"), factory, registry, reactor, 10, 0, FakeFileLimit()
+        )
         children = list(service)
-        self.assertIsInstance(children[0], DisconnectAllService)
-        self.assertEqual(len(children), 2)
+        self.assertEqual([type(c) for c in children[:2]], [DescriptorBudget, DisconnectAllService])
+        self.assertEqual(len(children), 3)
         service.startService()
         service.stopService()
         self.assertTrue(transport.disconnecting)
