@@ -85,7 +85,8 @@ class HubCollector(Collector):
             ),
             (
                 "tcpcomm_refused_connections",
-                "Connections refused over --max-connections.",
+                "Connections refused over --max-connections (or the lower limit the file "
+                "descriptors allow).",
                 stats.refused,
             ),
             (

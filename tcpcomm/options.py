@@ -20,6 +20,7 @@ from twisted.python import usage
 from tcpcomm.config import ConfigFile, givenOptions
 from tcpcomm.framing import FRAMINGS
 from tcpcomm.handlers import HandlerNotFound, findHandler
+from tcpcomm.server import systemBacklog
 from tcpcomm.templates import Template, TemplateError
 from tcpcomm.tls import TLS_VERSIONS, TLSFileError, clientCreator, serverOptions
 from tcpcomm.tokens import TokenFileError, readTokenFile
@@ -392,8 +393,10 @@ class ServerOptions(_CommonOptions):
         [
             "backlog",
             None,
-            50,
-            "Length of the queue of connections not yet accepted.",
+            None,
+            "Length of the queue of connections not yet accepted on --port (default: the "
+            "system's maximum, net.core.somaxconn on Linux); --listen strings carry their own "
+            "(backlog=, 50 if not given)",
             _number("--backlog", int, 1),
         ],
         [
@@ -445,6 +448,8 @@ class ServerOptions(_CommonOptions):
 
     def postOptions(self) -> None:
         super().postOptions()
+        if self["backlog"] is None:
+            self["backlog"] = systemBacklog()
         cert, key, clientCA = self["tls-cert"], self["tls-key"], self["tls-client-ca"]
         if cert is None:
             for name, value in (("tls-key", key), ("tls-client-ca", clientCA)):

@@ -166,6 +166,7 @@ def makeServer(options: ServerOptions, reactor: Any) -> MultiService:
         hub.registry,
         reactor,
         options["shutdown-timeout"],
+        adminConnections(options),
     )
     addAdmin(top, options, hub, reactor, reloader)
     addReloadService(top, reloader, reactor)
@@ -175,6 +176,16 @@ def makeServer(options: ServerOptions, reactor: Any) -> MultiService:
 def _useOutgoing(outgoing: Outgoing, resource: AdminResource, settings: tuple[str, int]) -> None:
     outgoing.encoding, outgoing.maxMessageSize = settings
     resource.maxBody = outgoing.maxMessageSize
+
+
+def adminConnections(options: ServerOptions) -> int:
+    """
+    How many connections the admin API may hold open at once, for the
+    descriptor budget: none without C{--admin}.
+    """
+    if options["admin"] is None:
+        return 0
+    return int(options["admin-max-connections"])
 
 
 def addAdmin(
