@@ -484,7 +484,7 @@ class FileLimitTests(SynchronousTestCase):
 
         output = server.output()
         self.assertNotIn("EMFILE", output)
-        self.assertEqual(
-            len(re.findall(r"refusing 127\.0\.0\.1:\d+: ", output)), DIALS - allowed + 1
-        )
+        # Refusals are logged at most once per 10 s for the server (the
+        # metric above counts each).
+        self.assertEqual(len(re.findall(r"refusing 127\.0\.0\.1:\d+: ", output)), 1)
         assertCleanLog(self, output)
