@@ -18,13 +18,25 @@
  *              reconnects every connection the server drops, with a
  *              doubling backoff and jitter, until all are back (each
  *              answered one round trip), then reports how long that took.
+ *   churn      --conns connections, at most --open-concurrency at a time,
+ *              each connecting, sending one message, reading its echo and
+ *              closing; reports how many per second.
  *
  * Every connection is opened and answered before the measurement starts
  * (at most --open-concurrency at a time), and closed with a reset
  * (SO_LINGER 0) so that no TIME_WAIT ties up loopback ports between runs.
- * Output: one JSON object per line on stdout. Times are CLOCK_MONOTONIC
- * seconds, the clock of Python's time.monotonic() on Linux. Every phase is
- * bounded by --time-limit.
+ * --sources N binds connection i to 127.0.0.(2 + i % N) before connecting
+ * (IP_BIND_ADDRESS_NO_PORT: the port is picked at connect), so that more
+ * connections than the ephemeral port range holds can reach one server.
+ * --flood N (rr) adds N connections that, from the start of the warm-up to
+ * the end of the window, write empty lines ("\n") as fast as the server
+ * takes them, and read and drop whatever comes back; what the server read
+ * of them in the window is counted from the flooders' send queues and the
+ * server's receive queues (/proc/net/tcp). --server-pid P reads
+ * the server's CPU time from /proc/P/stat at the start and end of what is
+ * measured. Output: one JSON object per line on stdout. Times are
+ * CLOCK_MONOTONIC seconds, the clock of Python's time.monotonic() on Linux.
+ * Every phase is bounded by --time-limit.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -37,19 +49,22 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
-enum mode { RR, PIPELINE, IDLE, BROADCAST, STORM };
+enum mode { RR, PIPELINE, IDLE, BROADCAST, STORM, CHURN };
 enum state { FREE, CONNECTING, OPEN, WAITING };
 
 #define STDIN_TAG UINT32_MAX
 #define MAX_SEQ 4096
 #define MAX_BINS 1200 /* of 100 ms: two minutes */
 #define RXBUF (256 * 1024)
+#define FLOODBUF (64 * 1024)
 
 struct conn {
 	int fd;
@@ -61,6 +76,7 @@ struct conn {
 	int fails;         /* storm: failed attempts in a row */
 	int heapIndex;     /* storm: place in the retry heap, -1 if none */
 	int busy;          /* an exchange is under way */
+	int flooder;       /* rr --flood: writes empty lines, drops what it reads */
 	unsigned char *pattern; /* what one exchange sends, and expects back */
 	size_t patternLen;
 	size_t txOff;  /* bytes of pattern written */
@@ -84,6 +100,9 @@ static struct {
 	int count;
 	double retryInitial, retryMax;
 	unsigned seed;
+	int sources;
+	int flood;
+	int serverPid;
 } opt = {
     .port = 0,
     .conns = 1,
@@ -104,11 +123,13 @@ static struct conn *cs;
 static int nconns; /* cs[0 .. nconns-1]; broadcast adds the sender last */
 static struct sockaddr_in server;
 static unsigned char *rxbuf;
+static unsigned char floodBuf[FLOODBUF];
 
 /* Counters for the result line. */
 static long errors, connectErrors, dataErrors, closedEarly, attempts, refused;
 static char firstError[160];
 static double openSeconds;
+static double serverCpu = -1; /* seconds of server CPU in what was measured */
 
 /* Phase bookkeeping. */
 static int opening = 1; /* still in the open phase */
@@ -119,6 +140,15 @@ static long windowOps;   /* messages answered inside the window */
 static long outstanding; /* exchanges under way */
 static uint32_t *lat;    /* rr latencies in the window, ns */
 static size_t nlat, latCap;
+static int flooding;         /* flooders write */
+static long floodBytes;      /* empty lines written inside the window */
+static long floodQueued0;    /* flood bytes in the kernel at the window's start */
+static int floodCounting;    /* between the window's two counts of them */
+static long floodReplyBytes; /* bytes the flooders got back, all told */
+static long floodersLost;    /* flooders the server disconnected */
+
+/* Churn. */
+static int nChurned;
 
 /* Broadcast. */
 static int counts[MAX_SEQ];
@@ -144,6 +174,33 @@ static double cpuSeconds(void)
 	getrusage(RUSAGE_SELF, &ru);
 	return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
 	       (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+/* User and system CPU time of process pid, from /proc/pid/stat; -1 if it
+ * cannot be read. */
+static double processCpuSeconds(int pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof path, "/proc/%d/stat", pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	char *p = strrchr(buf, ')'); /* the command may hold spaces */
+	unsigned long utime, stime;
+	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime,
+			 &stime) != 2)
+		return -1;
+	return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double serverCpuSeconds(void)
+{
+	return opt.serverPid > 0 ? processCpuSeconds(opt.serverPid) : -1;
 }
 
 static void noteError(long *counter, const char *what, int id, int err)
@@ -279,6 +336,17 @@ static void startConnect(struct conn *c)
 	}
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	if (opt.sources > 0) {
+		struct sockaddr_in local = {.sin_family = AF_INET};
+		local.sin_addr.s_addr = htonl(INADDR_LOOPBACK + 1 + (uint32_t)(id % opt.sources));
+		setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+		if (bind(fd, (struct sockaddr *)&local, sizeof local) < 0) {
+			int err = errno;
+			close(fd);
+			connectFailed(c, err);
+			return;
+		}
+	}
 	c->fd = fd;
 	c->state = CONNECTING;
 	c->wantOut = 1;
@@ -332,6 +400,10 @@ static void lost(struct conn *c, int err)
 		inFlight--;
 		return;
 	}
+	if (c->flooder) {
+		floodersLost++;
+		return;
+	}
 	if (wasBusy)
 		outstanding--;
 	noteError(&closedEarly, "connection lost", id, err);
@@ -375,6 +447,10 @@ static void exchangeDone(struct conn *c)
 		nConfirmed++;
 		if (opening) {
 			inFlight--;
+			if (opt.mode == CHURN) {
+				nChurned++;
+				closeConn(c);
+			}
 			return;
 		}
 		if (opt.mode == STORM && c->down) {
@@ -454,6 +530,87 @@ static void broadcastData(struct conn *c, const unsigned char *p, size_t n)
 	}
 }
 
+/* Bytes the flooders wrote that the server has not read yet: in their own
+ * send queues (SIOCOUTQ) and in the server's receive queues (rx_queue in
+ * /proc/net/tcp, matched by the flooders' ports). */
+static long floodQueued(void)
+{
+	long queued = 0;
+	int ports[16], nports = 0;
+	for (int i = opt.conns; i < nconns && nports < 16; i++) {
+		struct conn *c = &cs[i];
+		if (!c->flooder || c->fd < 0)
+			continue;
+		int outq = 0;
+		if (ioctl(c->fd, SIOCOUTQ, &outq) == 0)
+			queued += outq;
+		struct sockaddr_in local;
+		socklen_t len = sizeof local;
+		if (getsockname(c->fd, (struct sockaddr *)&local, &len) == 0)
+			ports[nports++] = ntohs(local.sin_port);
+	}
+	FILE *f = fopen("/proc/net/tcp", "r");
+	if (!f)
+		return queued;
+	char line[256];
+	while (fgets(line, sizeof line, f)) {
+		unsigned laddr, lport, raddr, rport, st;
+		unsigned long txq, rxq;
+		if (sscanf(line, " %*d: %x:%x %x:%x %x %lx:%lx", &laddr, &lport, &raddr, &rport, &st,
+			   &txq, &rxq) != 7)
+			continue;
+		if ((int)lport != opt.port)
+			continue;
+		for (int k = 0; k < nports; k++)
+			if ((int)rport == ports[k])
+				queued += (long)rxq;
+	}
+	fclose(f);
+	return queued;
+}
+
+/* A flooder: write empty lines until the socket is full. */
+static void flood(struct conn *c)
+{
+	if (!flooding) {
+		setInterest(c, 0);
+		return;
+	}
+	for (int k = 0; k < 64; k++) { /* at most 4 MiB a turn */
+		ssize_t n = send(c->fd, floodBuf, FLOODBUF, MSG_NOSIGNAL);
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				setInterest(c, 1);
+				return;
+			}
+			if (errno == EINTR)
+				continue;
+			lost(c, errno);
+			return;
+		}
+		if (floodCounting)
+			floodBytes += n;
+	}
+	setInterest(c, 1);
+}
+
+static void handleFlooder(struct conn *c, uint32_t events)
+{
+	if (events & EPOLLOUT)
+		flood(c);
+	if (c->state != OPEN)
+		return;
+	if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+		ssize_t n = recv(c->fd, rxbuf, RXBUF, 0);
+		if (n > 0)
+			floodReplyBytes += n;
+		else if (n == 0)
+			lost(c, 0);
+		else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+			lost(c, errno);
+	}
+}
+
 static void handle(uint32_t id, uint32_t events)
 {
 	struct conn *c = &cs[id];
@@ -480,6 +637,10 @@ static void handle(uint32_t id, uint32_t events)
 	}
 	if (c->state != OPEN)
 		return;
+	if (c->flooder && !opening) {
+		handleFlooder(c, events);
+		return;
+	}
 	if (events & EPOLLOUT)
 		flush(c);
 	if (c->state != OPEN)
@@ -577,9 +738,10 @@ static void printCommon(const char *event, double cpu, double wall)
 {
 	printf("{\"event\":\"%s\",\"mode\":%d,\"conns\":%d,\"opened\":%d,\"errors\":%ld,"
 	       "\"connect_errors\":%ld,\"data_errors\":%ld,\"closed_early\":%ld,"
-	       "\"open_s\":%.3f,\"loadgen_cpu\":%.3f,\"loadgen_wall\":%.3f,\"first_error\":\"%s\"",
+	       "\"open_s\":%.3f,\"loadgen_cpu\":%.3f,\"loadgen_wall\":%.3f,\"server_cpu_s\":%.3f,"
+	       "\"first_error\":\"%s\"",
 	       event, (int)opt.mode, opt.conns, nConfirmed, errors, connectErrors, dataErrors,
-	       closedEarly, openSeconds, wall > 0 ? cpu / wall : 0.0, wall, firstError);
+	       closedEarly, openSeconds, wall > 0 ? cpu / wall : 0.0, wall, serverCpu, firstError);
 }
 
 static int runLoad(double deadline)
@@ -589,30 +751,49 @@ static int runLoad(double deadline)
 	windowStart = now() + opt.warmup;
 	windowEnd = windowStart + opt.duration;
 	running = 1;
+	flooding = 1;
 	for (int i = 0; i < nconns; i++) {
 		cs[i].runs = 0;
-		if (cs[i].state == OPEN) {
+		if (cs[i].state != OPEN)
+			continue;
+		if (cs[i].flooder) {
+			flood(&cs[i]);
+		} else {
 			outstanding++;
 			startExchange(&cs[i]);
 		}
 	}
-	double cpuStart = 0;
+	double cpuStart = 0, serverStart = -1;
 	int inWindow = 0;
 	while (now() < windowEnd && now() < deadline) {
 		turn(0.01);
 		if (!inWindow && now() >= windowStart) {
 			inWindow = 1;
 			cpuStart = cpuSeconds();
+			serverStart = serverCpuSeconds();
+			if (opt.flood) {
+				floodQueued0 = floodQueued();
+				floodCounting = 1;
+			}
 		}
 	}
 	double cpuWindow = cpuSeconds() - (inWindow ? cpuStart : cpu0);
+	double serverEnd = serverCpuSeconds();
+	/* What the server read of the flood inside the window. */
+	floodCounting = 0;
+	long floodTaken = opt.flood ? floodBytes + floodQueued0 - floodQueued() : 0;
+	if (serverStart >= 0 && serverEnd >= 0)
+		serverCpu = serverEnd - serverStart;
 	running = 0;
+	flooding = 0;
 	/* Every exchange under way must still be answered. */
 	double drainEnd = now() + 10.0;
 	while (outstanding > 0 && now() < drainEnd)
 		turn(0.01);
 	long unanswered = 0;
 	for (int i = 0; i < nconns; i++) {
+		if (cs[i].flooder)
+			continue;
 		if (cs[i].busy)
 			noteError(&dataErrors, "no reply within 10 s", i, 0);
 		if (cs[i].runs == 0)
@@ -623,6 +804,11 @@ static int runLoad(double deadline)
 	printCommon("result", cpuWindow, opt.duration);
 	printf(",\"ops\":%ld,\"duration\":%.3f,\"rate\":%.1f,\"unanswered\":%ld", windowOps,
 	       opt.duration, (double)windowOps / opt.duration, unanswered);
+	if (opt.flood)
+		printf(",\"flood_lines\":%ld,\"flood_rate\":%.1f,\"flood_written\":%ld,"
+		       "\"flood_reply_bytes\":%ld,\"flooders_lost\":%ld",
+		       floodTaken, (double)floodTaken / opt.duration, floodBytes, floodReplyBytes,
+		       floodersLost);
 	if (opt.mode == RR)
 		printf(",\"p50_us\":%.1f,\"p99_us\":%.1f,\"max_us\":%.1f,\"samples\":%zu",
 		       percentile(0.5), percentile(0.99), percentile(1.0), nlat);
@@ -681,6 +867,7 @@ static void runBroadcast(double deadline)
 		turn(0.01);
 	double times[64], firsts[64];
 	int done = 0;
+	double serverStart = serverCpuSeconds();
 	for (int k = 0; k < opt.count && k < 64 && warm; k++) {
 		int s = seq++;
 		int n = snprintf(msg, sizeof msg, "b%d timed", s);
@@ -703,6 +890,9 @@ static void runBroadcast(double deadline)
 		while (now() < settle)
 			turn(0.01);
 	}
+	double serverEnd = serverCpuSeconds();
+	if (serverStart >= 0 && serverEnd >= 0)
+		serverCpu = serverEnd - serverStart;
 	double cpu = cpuSeconds() - cpu0, wall = now() - t0;
 	printCommon("result", cpu, wall);
 	printf(",\"times\":[");
@@ -748,12 +938,27 @@ static void runStorm(double deadline)
 	       nDownEver, nBack, firstDown, firstBack, lastBack, peak / 0.1, attempts, refused);
 }
 
+static void runChurn(double deadline)
+{
+	double cpu0 = cpuSeconds(), t0 = now(), server0 = serverCpuSeconds();
+	openAll(nconns, deadline);
+	double wall = now() - t0, server1 = serverCpuSeconds();
+	if (server0 >= 0 && server1 >= 0)
+		serverCpu = server1 - server0;
+	if (nChurned < nconns)
+		noteError(&connectErrors, "not every connection was answered", -1, 0);
+	printCommon("result", cpuSeconds() - cpu0, wall);
+	printf(",\"done\":%d,\"churn_s\":%.3f,\"rate\":%.1f,\"unanswered\":%d}\n", nChurned, wall,
+	       wall > 0 ? nChurned / wall : 0.0, nconns - nChurned);
+}
+
 static void usage(void)
 {
 	fprintf(stderr,
-		"usage: loadgen rr|pipeline|idle|broadcast|storm --port P [--conns N] [--size BYTES]\n"
-		"  [--burst N] [--duration S] [--warmup S] [--count N] [--open-concurrency N]\n"
-		"  [--retry-initial S] [--retry-max S] [--time-limit S] [--seed N]\n");
+		"usage: loadgen rr|pipeline|idle|broadcast|storm|churn --port P [--conns N]\n"
+		"  [--size BYTES] [--burst N] [--duration S] [--warmup S] [--count N]\n"
+		"  [--open-concurrency N] [--retry-initial S] [--retry-max S] [--time-limit S]\n"
+		"  [--seed N] [--sources N] [--flood N] [--server-pid PID]\n");
 	exit(2);
 }
 
@@ -772,6 +977,8 @@ int main(int argc, char **argv)
 		opt.mode = BROADCAST;
 	else if (!strcmp(m, "storm"))
 		opt.mode = STORM;
+	else if (!strcmp(m, "churn"))
+		opt.mode = CHURN;
 	else
 		usage();
 	for (int i = 2; i + 1 < argc; i += 2) {
@@ -800,12 +1007,20 @@ int main(int argc, char **argv)
 			opt.timeLimit = atof(v);
 		else if (!strcmp(k, "--seed"))
 			opt.seed = (unsigned)atoi(v);
+		else if (!strcmp(k, "--sources"))
+			opt.sources = atoi(v);
+		else if (!strcmp(k, "--flood"))
+			opt.flood = atoi(v);
+		else if (!strcmp(k, "--server-pid"))
+			opt.serverPid = atoi(v);
 		else
 			usage();
 	}
 	if (opt.port <= 0 || opt.conns < 1 || opt.size < 16 || opt.size > 65536 || opt.burst < 1 ||
-	    (opt.mode == BROADCAST && opt.size > 63))
+	    (opt.mode == BROADCAST && opt.size > 63) || opt.sources < 0 || opt.sources > 250 ||
+	    opt.flood < 0 || (opt.flood && opt.mode != RR))
 		usage();
+	memset(floodBuf, '\n', sizeof floodBuf);
 	srand(opt.seed);
 	server.sin_family = AF_INET;
 	server.sin_port = htons((uint16_t)opt.port);
@@ -813,7 +1028,7 @@ int main(int argc, char **argv)
 
 	ep = epoll_create1(EPOLL_CLOEXEC);
 	rxbuf = malloc(RXBUF);
-	nconns = opt.conns + (opt.mode == BROADCAST ? 1 : 0);
+	nconns = opt.conns + (opt.mode == BROADCAST ? 1 : 0) + opt.flood;
 	cs = calloc((size_t)nconns, sizeof *cs);
 	heap = calloc((size_t)nconns, sizeof *heap);
 	if (!rxbuf || !cs || !heap) {
@@ -824,6 +1039,7 @@ int main(int argc, char **argv)
 	for (int i = 0; i < nconns; i++) {
 		cs[i].fd = -1;
 		cs[i].heapIndex = -1;
+		cs[i].flooder = opt.mode == RR && i >= opt.conns;
 		makePattern(&cs[i], i, opt.size, burst);
 	}
 	if (opt.mode == RR) {
@@ -835,6 +1051,12 @@ int main(int argc, char **argv)
 		}
 	}
 	double deadline = now() + opt.timeLimit;
+	if (opt.mode == CHURN) {
+		runChurn(deadline);
+		fflush(stdout);
+		closeAll();
+		return errors ? 1 : 0;
+	}
 	double openStart = now(), cpuOpen = cpuSeconds();
 	openAll(nconns, deadline);
 	openSeconds = now() - openStart;
@@ -860,6 +1082,8 @@ int main(int argc, char **argv)
 		break;
 	case STORM:
 		runStorm(deadline);
+		break;
+	case CHURN: /* run above, without opening first */
 		break;
 	}
 	fflush(stdout);

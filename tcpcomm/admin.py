@@ -13,14 +13,19 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from http import HTTPStatus
+from io import BytesIO
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
@@ -32,18 +37,25 @@ from tcpcomm.openapi import openapi
 from tcpcomm.registry import addressText
 from tcpcomm.session import Session
 
+if TYPE_CHECKING:
+    from tcpcomm.reload import ReloadStatus
+
 log = Logger()
 
 
 class APIError(Exception):
     """
-    An answer other than success: an HTTP status and a message for people.
+    An answer other than success: an HTTP status, a message for people, and
+    the headers that go with it (C{Allow}, C{WWW-Authenticate}).
     """
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(
+        self, status: int, message: str, headers: dict[bytes, bytes] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
 def isoTime(seconds: float | None) -> str | None:
@@ -115,94 +127,191 @@ class Raw:
 #: returns C{(status, JSON-able body or Raw)}, or C{NOT_DONE_YET}.
 Handler = Callable[[Request, list[str]], Any]
 
-#: Paths that need no token: the health check, and the dashboard page,
-#: which holds no data (browsers cannot send a token when opening a page).
-PUBLIC = frozenset({"/healthz", "/"})
+
+@dataclass(frozen=True)
+class Route:
+    """
+    One entry of a route table: the handler, and what the API knows of the
+    route before reading a request's body. The table is the one place that
+    says which paths need no token and which routes take a body.
+    """
+
+    handler: Handler
+    #: Needs no token: the health check, and the dashboard page, which holds
+    #: no data (browsers cannot send a token when opening a page).
+    public: bool = False
+    #: Takes the message as its body, up to C{--max-message-size} bytes;
+    #: the other routes take none.
+    body: bool = False
+
+
+def _target(method: bytes | None, path: bytes | None) -> tuple[str, str]:
+    """
+    The method and path of a request as the route table spells them.
+    """
+    text = (path or b"/").decode("utf-8", "replace").rstrip("/") or "/"
+    return (method or b"GET").decode("ascii", "replace"), text
+
+
+def _tooLarge(limit: int, size: int | None = None) -> APIError:
+    """
+    The 413 for a body over C{limit} bytes (C{size} of them, if declared),
+    in the words L{Outgoing} uses for a message too large once encoded.
+    """
+    if limit == 0:
+        return APIError(413, "this route takes no request body")
+    given = "is" if size is None else f"is {size} bytes,"
+    return APIError(413, f"the message {given} over --max-message-size {limit}")
 
 
 class AdminResource(Resource):
     """
     Routes requests by method and path, checks the bearer token, and turns
-    results and L{APIError}s into responses.
+    results and L{APIError}s into responses. L{admit} makes the same checks
+    from the request line and headers alone, so that L{AdminChannel} can
+    refuse a request before reading its body.
+
+    @ivar token: The token requests must bear, or L{None}; the one place it
+        is kept, so that replacing it takes effect on the next request.
     """
 
     isLeaf = True
 
     def __init__(
         self,
-        routes: dict[tuple[str, str], Handler],
+        routes: dict[tuple[str, str], Route],
         metrics: CollectorRegistry,
         spec: dict[str, Any],
         token: str | None,
+        maxBody: int,
         dashboard: bytes | None = None,
+        reloads: ReloadStatus | None = None,
     ) -> None:
         super().__init__()
         specBody = json.dumps(spec, indent=1).encode()
-        builtIn: dict[tuple[str, str], Handler] = {
-            ("GET", "/healthz"): lambda request, params: (200, {"status": "ok"}),
-            ("GET", "/metrics"): lambda request, params: (
-                200,
-                Raw(CONTENT_TYPE_LATEST.encode(), generate_latest(metrics)),
+
+        def healthz(request: Request, params: list[str]) -> tuple[int, Any]:
+            if reloads is None:
+                return 200, {"status": "ok"}
+            lastReload = {"time": isoTime(reloads.time), "ok": reloads.ok, "error": reloads.error}
+            return 200, {"status": "ok", "lastReload": lastReload}
+
+        builtIn: dict[tuple[str, str], Route] = {
+            ("GET", "/healthz"): Route(healthz, public=True),
+            ("GET", "/metrics"): Route(
+                lambda request, params: (
+                    200,
+                    Raw(CONTENT_TYPE_LATEST.encode(), generate_latest(metrics)),
+                )
             ),
-            ("GET", "/openapi.json"): lambda request, params: (
-                200,
-                Raw(b"application/json", specBody),
+            ("GET", "/openapi.json"): Route(
+                lambda request, params: (200, Raw(b"application/json", specBody))
             ),
         }
         if dashboard is not None:
             page = Raw(b"text/html; charset=utf-8", dashboard)
-            builtIn[("GET", "/")] = lambda request, params: (200, page)
+            builtIn[("GET", "/")] = Route(lambda request, params: (200, page), public=True)
         self._routes = [
-            (method, re.compile("^" + re.sub(r"\{\w+\}", "([^/]+)", path) + "$"), handler)
-            for (method, path), handler in {**builtIn, **routes}.items()
+            (method, re.compile("^" + re.sub(r"\{\w+\}", "([^/]+)", path) + "$"), route)
+            for (method, path), route in {**builtIn, **routes}.items()
         ]
-        self._token = token
+        self.token = token
+        self.maxBody = maxBody
+
+    def admit(self, method: bytes, uri: bytes, headers: Headers, length: int | None) -> int:
+        """
+        Judge a request whose headers are in, before any of its body is
+        read: raise the L{APIError} to answer at once (a missing or wrong
+        token; a body larger than its route takes, C{length} being what
+        C{Content-Length} declares, L{None} when chunked; a body sent to no
+        route at all), or return the most body bytes to accept.
+        """
+        name, path = _target(method, uri.split(b"?", 1)[0])
+        self._authorize(path, headers)
+        try:
+            route, _ = self._resolve(name, path)
+        except APIError:
+            if length == 0:
+                return 0  # nothing to read: render() answers as for any request
+            raise
+        limit = self.maxBody if route.body else 0
+        if length is not None and length > limit:
+            raise _tooLarge(limit, length)
+        return limit
+
+    def setToken(self, token: str | None) -> None:
+        """
+        Require C{token} from now on (a reload read the token file again).
+        """
+        self.token = token
 
     def render(self, request: Request) -> bytes | int:
-        path = (request.path or b"/").decode("utf-8", "replace").rstrip("/") or "/"
-        method = (request.method or b"GET").decode("ascii", "replace")
-        wanted = "GET" if method == "HEAD" else method
+        method, path = _target(request.method, request.path)
         try:
-            if path not in PUBLIC:
-                self._authorize(request)
-            allowed = []
-            for routeMethod, pattern, handler in self._routes:
-                match = pattern.match(path)
-                if match is None:
-                    continue
-                if routeMethod != wanted:
-                    allowed.append(routeMethod)
-                    continue
-                result = handler(request, [unquote(g) for g in match.groups()])
-                if result is NOT_DONE_YET:
-                    return NOT_DONE_YET
-                status, body = result
-                if isinstance(body, Raw):
-                    request.setResponseCode(status)
-                    request.setHeader(b"content-type", body.contentType)
-                    request.setHeader(b"cache-control", b"no-store")
-                    return body.body
-                return self._json(request, status, body)
-            if allowed:
-                request.setHeader(b"allow", ", ".join(allowed).encode())
-                raise APIError(405, f"{method} is not allowed on {path}; use {', '.join(allowed)}")
-            raise APIError(404, f"no such route: {method} {path}")
+            refusal = getattr(request, "refusal", None)
+            if refusal is not None:
+                raise refusal
+            self._authorize(path, request.requestHeaders)
+            route, params = self._resolve(method, path)
+            result = route.handler(request, params)
+            if result is NOT_DONE_YET:
+                return NOT_DONE_YET
+            status, body = result
+            if isinstance(body, Raw):
+                request.setResponseCode(status)
+                request.setHeader(b"content-type", body.contentType)
+                request.setHeader(b"cache-control", b"no-store")
+                return body.body
+            return self._json(request, status, body)
         except APIError as e:
+            for name, value in e.headers.items():
+                request.setHeader(name, value)
             return self._json(request, e.status, {"error": e.message})
         except Exception:
             log.failure("admin API failed on {method} {path}", method=method, path=path)
             return self._json(request, 500, {"error": "internal error; see the daemon's log"})
 
-    def _authorize(self, request: Request) -> None:
-        if self._token is None:
+    def _resolve(self, method: str, path: str) -> tuple[Route, list[str]]:
+        """
+        The route for C{method} on C{path} and the path's parameters, or the
+        L{APIError} (404, or 405 with C{Allow}) that says there is none.
+        """
+        wanted = "GET" if method == "HEAD" else method
+        allowed = []
+        for routeMethod, pattern, route in self._routes:
+            match = pattern.match(path)
+            if match is None:
+                continue
+            if routeMethod != wanted:
+                allowed.append(routeMethod)
+                continue
+            return route, [unquote(g) for g in match.groups()]
+        if allowed:
+            raise APIError(
+                405,
+                f"{method} is not allowed on {path}; use {', '.join(allowed)}",
+                {b"allow": ", ".join(allowed).encode()},
+            )
+        raise APIError(404, f"no such route: {method} {path}")
+
+    def _authorize(self, path: str, headers: Headers) -> None:
+        """
+        Raise a 401 unless C{path} is public or C{headers} bear the token.
+        """
+        if self.token is None:
             return
-        given = (request.getHeader(b"authorization") or b"").decode("latin-1")
+        if any(route.public and pattern.match(path) for _, pattern, route in self._routes):
+            return
+        given = (headers.getRawHeaders(b"authorization") or [b""])[-1].decode("latin-1")
         scheme, _, credential = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-            credential.strip().encode(), self._token.encode()
+            credential.strip().encode(), self.token.encode()
         ):
-            request.setHeader(b"www-authenticate", b'Bearer realm="tcpcomm"')
-            raise APIError(401, "a valid 'Authorization: Bearer <token>' header is required")
+            raise APIError(
+                401,
+                "a valid 'Authorization: Bearer <token>' header is required",
+                {b"www-authenticate": b'Bearer realm="tcpcomm"'},
+            )
 
     def _json(self, request: Request, status: int, body: Any) -> bytes:
         request.setResponseCode(status)
@@ -295,9 +404,7 @@ def _body(request: Request) -> bytes:
     return body
 
 
-def serverRoutes(
-    hub: Hub, outgoing: Outgoing, clock: IReactorTime
-) -> dict[tuple[str, str], Handler]:
+def serverRoutes(hub: Hub, outgoing: Outgoing, clock: IReactorTime) -> dict[tuple[str, str], Route]:
     """
     The server's routes.
     """
@@ -335,18 +442,18 @@ def serverRoutes(
         return 200, {"id": target.id, "disconnected": True}
 
     return {
-        ("GET", "/clients"): listClients,
-        ("GET", "/clients/{id}"): showClient,
-        ("POST", "/clients/{id}/messages"): sendMessage,
-        ("POST", "/clients/{id}/disconnect"): disconnect,
-        ("POST", "/broadcast"): broadcast,
-        ("GET", "/events"): EventStream(hub, clock),
+        ("GET", "/clients"): Route(listClients),
+        ("GET", "/clients/{id}"): Route(showClient),
+        ("POST", "/clients/{id}/messages"): Route(sendMessage, body=True),
+        ("POST", "/clients/{id}/disconnect"): Route(disconnect),
+        ("POST", "/broadcast"): Route(broadcast, body=True),
+        ("GET", "/events"): Route(EventStream(hub, clock)),
     }
 
 
 def clientRoutes(
     hub: Hub, status: ClientStatus, outgoing: Outgoing
-) -> dict[tuple[str, str], Handler]:
+) -> dict[tuple[str, str], Route]:
     """
     The client's routes.
     """
@@ -375,13 +482,237 @@ def clientRoutes(
         log.info("admin: sent a message to {peer}", event="admin-send", peer=sessions[0].id)
         return 200, {"server": status.server, "sent": 1}
 
-    return {("GET", "/status"): showStatus, ("POST", "/messages"): sendMessage}
+    return {
+        ("GET", "/status"): Route(showStatus),
+        ("POST", "/messages"): Route(sendMessage, body=True),
+    }
+
+
+def _errorResponse(status: int, message: str) -> bytes:
+    """
+    A whole JSON error response, to write straight to a transport before
+    closing it: for connections refused before there is a request to answer.
+    """
+    body = json.dumps({"error": message}).encode() + b"\n"
+    return (
+        b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode())
+        + b"Content-Type: application/json\r\nCache-Control: no-store\r\n"
+        + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        + body
+    )
+
+
+class AdminRequest(Request):
+    """
+    A request whose body is kept in memory, never in a temporary file, and
+    never beyond what its route takes (L{AdminResource.admit}): a chunked
+    body is cut off, and answered 413, as soon as it grows past that.
+    """
+
+    #: Why the channel refused the request before reading its body; what
+    #: L{AdminResource.render} answers.
+    refusal: APIError | None = None
+    #: The most body bytes the request's route takes.
+    bodyLimit = 0
+
+    def gotLength(self, length: int | None) -> None:
+        self.content = BytesIO()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.finished:
+            return  # refused: the rest of what was read is dropped
+        assert self.content is not None
+        if self.content.tell() + len(data) > self.bodyLimit:
+            assert isinstance(self.channel, AdminChannel)
+            self.channel.refuse(_tooLarge(self.bodyLimit))
+            return
+        self.content.write(data)
+
+
+class AdminChannel(http.HTTPChannel):
+    """
+    An HTTP channel that never lets a client make the daemon read or wait
+    for more than the API needs:
+
+      - each request is judged on its request line and headers
+        (L{AdminResource.admit}) before a byte of its body is read or a
+        C{100 Continue} sent; a refused one (401, 413, ...) is answered at
+        once with C{Connection: close} and the connection closed;
+      - a request's line and headers must arrive within C{headersTimeout}
+        seconds of the connection or of the previous response, however
+        slowly they trickle in (408, or a quiet close if nothing came);
+      - a request line over C{MAX_LENGTH} bytes is answered 414, a header
+        line over it 431.
+    """
+
+    MAX_LENGTH = 8192
+    headersTimeout = 5.0
+    site: AdminSite
+
+    _refusing = False
+    _headersDeadline: IDelayedCall | None = None
+    _headBytes = 0
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.channels.add(self)
+        self._awaitRequest()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.site.channels.discard(self)
+        self._stopDeadline()
+        super().connectionLost(reason)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._headersDeadline is not None:
+            self._headBytes += len(data)
+        super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        self._stopDeadline()
+        request = self.requests[-1]
+        try:
+            request.bodyLimit = self.site.resource.admit(
+                self._command, self._path, request.requestHeaders, self.length
+            )
+        except APIError as e:
+            self.refuse(e)
+        else:
+            super().allHeadersReceived()
+
+    def refuse(self, error: APIError) -> None:
+        """
+        Answer the request being received with C{error} now, and close the
+        connection once the answer is written: the rest of its body is
+        never read.
+        """
+        self._refusing = True
+        self.persistent = False
+        request = self.requests[-1]
+        request.refusal = error
+        request.content = BytesIO()
+        request.setHeader(b"connection", b"close")
+        request.requestReceived(self._command, self._path, self._version)
+
+    def allContentReceived(self) -> None:
+        if not self._refusing:
+            super().allContentReceived()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self._refusing:
+            super().rawDataReceived(data)
+
+    def requestDone(self, request: http.Request) -> None:
+        if self.persistent:
+            # Before the next request, which may be waiting in the buffer.
+            self._awaitRequest()
+        super().requestDone(request)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._stopDeadline()
+        self._refusing = True
+        if self.requests:
+            status, what = 431, "a request header line"
+        else:
+            status, what = 414, "the request line (the URL)"
+        assert self.transport is not None
+        self.transport.write(_errorResponse(status, f"{what} is over {self.MAX_LENGTH} bytes"))
+        self.loseConnection()
+
+    def _awaitRequest(self) -> None:
+        self._headBytes = 0
+        self._headersDeadline = self.callLater(self.headersTimeout, self._headersTimedOut)
+
+    def _stopDeadline(self) -> None:
+        if self._headersDeadline is not None:
+            if self._headersDeadline.active():
+                self._headersDeadline.cancel()
+            self._headersDeadline = None
+
+    def _headersTimedOut(self) -> None:
+        self._headersDeadline = None
+        self._refusing = True
+        assert self.transport is not None
+        if self._headBytes == 0:
+            # Nothing asked: an idle keep-alive connection, closed quietly.
+            self.loseConnection()
+            return
+        log.info(
+            "admin API: closing {peer}: no complete request within {timeout} s",
+            event="admin-request-timeout",
+            peer=addressText(self.transport.getPeer()),
+            timeout=self.headersTimeout,
+        )
+        # Abort if the peer does not even read the answer, as the idle
+        # timeout does.
+        self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        self.transport.write(
+            _errorResponse(
+                408, f"the request line and headers did not arrive within {self.headersTimeout:g} s"
+            )
+        )
+        self.loseConnection()
+
+
+class _Full(Protocol):
+    """
+    What a connection over C{--admin-max-connections} gets: a 503, at once.
+    """
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(
+            _errorResponse(
+                503,
+                "too many admin API connections are open (--admin-max-connections); "
+                "try again later",
+            )
+        )
+        self.transport.loseConnection()
 
 
 class AdminSite(Site):
     """
-    A site that leaves request logging to the routes, which log what changed.
+    The admin API's site: L{AdminChannel}s making L{AdminRequest}s, at most
+    C{maxConnections} of them open at once, so that admin clients can never
+    take the descriptors the message port needs. Request logging is left to
+    the routes, which log what changed.
     """
+
+    protocol = AdminChannel  # type: ignore[assignment]
+    #: Seconds a request body may stall before the connection is closed.
+    idleTimeout = 60.0
+
+    def __init__(
+        self, resource: AdminResource, maxConnections: int, reactor: IReactorTime | None = None
+    ) -> None:
+        super().__init__(
+            resource,
+            AdminRequest,
+            timeout=self.idleTimeout,
+            reactor=reactor,
+            parsePOSTFormSubmission=False,
+        )
+        self.resource: AdminResource = resource
+        self.maxConnections = maxConnections
+        self.channels: set[AdminChannel] = set()
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
+        # Site's says it builds Twisted's HTTP/1.1-or-2 wrapper; this one
+        # builds an AdminChannel, or a _Full.
+        if len(self.channels) >= self.maxConnections:
+            log.warn(
+                "admin API: refused a connection from {peer}: {count} open already "
+                "(--admin-max-connections)",
+                event="admin-full",
+                peer="?" if addr is None else addressText(addr),
+                count=len(self.channels),
+            )
+            return _Full()
+        return super().buildProtocol(addr)
+
+    def acceptableProtocols(self) -> list[bytes]:
+        return [b"http/1.1"]  # AdminChannel speaks HTTP/1.1 only
 
     def log(self, request: http.Request) -> None:
         pass
@@ -395,9 +726,12 @@ def makeAdminSite(
     token: str | None,
     status: ClientStatus | None = None,
     dashboard: bytes | None = None,
-) -> Site:
+    maxConnections: int = 64,
+    reloads: ReloadStatus | None = None,
+) -> AdminSite:
     """
-    The admin site of a server (C{status} is L{None}) or of a client.
+    The admin site of a server (C{status} is L{None}) or of a client;
+    C{/healthz} tells the last reload's time and result from C{reloads}.
     """
     if status is None:
         routes = serverRoutes(hub, outgoing, clock)
@@ -406,4 +740,7 @@ def makeAdminSite(
         routes = clientRoutes(hub, status, outgoing)
         spec = openapi("client", token is not None)
         dashboard = None
-    return AdminSite(AdminResource(routes, metrics, spec, token, dashboard))
+    resource = AdminResource(
+        routes, metrics, spec, token, outgoing.maxMessageSize, dashboard, reloads
+    )
+    return AdminSite(resource, maxConnections, clock)

@@ -25,6 +25,7 @@ from urllib.parse import quote, urlsplit
 from urllib.request import ProxyHandler, Request, build_opener
 
 from tcpcomm import __version__
+from tcpcomm.tokens import TokenFileError, readTokenFile
 
 DEFAULT_ADMIN = "http://127.0.0.1:9528"
 DEFAULT_TIMEOUT = 10.0
@@ -44,7 +45,8 @@ environment:
 exit status:
   0  success
   1  the daemon answered with an error (unknown client, bad token, ...)
-  2  bad command line, or a token file that cannot be read
+  2  bad command line, a bad token file (unreadable, empty, not one ASCII token), or
+     (check-config) a bad config file
   3  the daemon cannot be reached (down, wrong URL, timeout, not an admin API)
 """
 
@@ -115,25 +117,6 @@ def _usable(url: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-def readToken(path: str) -> str:
-    """
-    The bearer token in C{path}, checked as the daemon checks its own
-    C{--admin-token-file}, so that a bad file is reported here rather than
-    as a puzzling 401.
-    """
-    try:
-        with open(path, encoding="utf-8") as f:
-            token = f.read().strip()
-    except UnicodeDecodeError:
-        raise Failed(USAGE, f"cannot read the token file {path!r}: not UTF-8 text") from None
-    except OSError as e:
-        reason = e.strerror or str(e)
-        raise Failed(USAGE, f"cannot read the token file {path!r}: {reason}") from None
-    if not token or any(c.isspace() for c in token):
-        raise Failed(USAGE, f"the token file {path!r} must hold one token, without spaces")
-    return token
 
 
 def clientPath(clientId: str, action: str = "") -> str:
@@ -379,6 +362,30 @@ def callStatus(admin: Admin, args: argparse.Namespace) -> Answer:
     return admin.call("GET", "/status")
 
 
+def checkConfig(args: argparse.Namespace) -> str:
+    """
+    C{tcpcomm check-config FILE}: parse each table of a C{--config} file as
+    the daemon would (the same code, reading the files it names), starting
+    nothing.
+    """
+    from twisted.python.usage import UsageError
+
+    from tcpcomm.config import readConfig
+    from tcpcomm.options import ClientOptions, ServerOptions
+
+    path = args.file
+    try:
+        tables = readConfig(path)
+        if not tables:
+            raise UsageError(f"{path}: no [server] or [client] table")
+        for side in tables:
+            options = ServerOptions() if side == "server" else ClientOptions()
+            options.parseOptions(["--config", path])
+    except UsageError as e:
+        raise Failed(USAGE, str(e)) from None
+    return f"{path}: {' and '.join(f'[{side}]' for side in tables)} ok"
+
+
 def timeout(text: str) -> float:
     """
     C{--timeout}: a number of seconds that a socket can wait for.
@@ -458,6 +465,14 @@ def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     kick = command("kick", "disconnect one client of a server", callKick, showKicked)
     kick.add_argument("id", metavar="ID", help="the client's id, as `tcpcomm clients` lists it")
     command("status", "show how a client daemon's connection is doing", callStatus, showStatus)
+    check = commands.add_parser(
+        "check-config",
+        help="check a daemon's --config file without starting anything",
+        description="Check the [server] and [client] tables of a --config file as the daemon "
+        "would read them, with the files they name; print what is wrong and exit 2, or exit 0.",
+    )
+    check.add_argument("file", metavar="FILE", help="the TOML file")
+    check.set_defaults(local=checkConfig)
     return top
 
 
@@ -465,7 +480,13 @@ def run(args: argparse.Namespace) -> str:
     """
     Carry out the parsed command; what to print on success.
     """
-    token = readToken(args.token_file) if args.token_file else None
+    local = getattr(args, "local", None)
+    if local is not None:  # a command that needs no daemon
+        return str(local(args))
+    try:
+        token = readTokenFile(args.token_file) if args.token_file else None
+    except TokenFileError as e:
+        raise Failed(USAGE, str(e)) from None
     admin = Admin(adminURL(args.admin), token, args.timeout)
     answer: Answer = args.call(admin, args)
     if args.json:

@@ -18,7 +18,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamClientEndpoint,
 )
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, LogEvent, Logger, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -37,8 +37,12 @@ class RetryPolicy:
     connection as a fresh start; a server that accepts and at once hangs up
     would then be retried at the initial delay forever. So this policy keeps
     its own count, and resets it only for a connection that stayed up at
-    least C{resetAfter} seconds.
+    least C{resetAfter} seconds; and it logs each retry with that count
+    (L{ClientService}'s own line would say "retry 1" every time).
     """
+
+    #: The server retried, as the retry line names it (L{ClientFactory} sets it).
+    server = "the server"
 
     def __init__(
         self,
@@ -58,7 +62,15 @@ class RetryPolicy:
     def __call__(self, attempt: int) -> float:
         base = self._base(self._failures)
         self._failures += 1
-        return base / 2 + base / 2 * self._random()
+        delay = base / 2 + base / 2 * self._random()
+        log.info(
+            "retry {attempt} to connect to {server} in {delay:.1f} s",
+            event="retry",
+            attempt=self._failures,
+            server=self.server,
+            delay=round(delay, 3),
+        )
+        return delay
 
     def connected(self) -> None:
         """
@@ -116,11 +128,14 @@ class ClientFactory(MessageFactory):
         super().__init__(protocol, hub, limits)
         self.retryPolicy = retryPolicy
         self.status = status
+        retryPolicy.server = status.server
 
-    def peerConnected(self, peer: FramedProtocol) -> None:
+    def peerReady(self, peer: FramedProtocol) -> None:
+        # Only now is it a connection: one whose TLS handshake never
+        # finishes must not reset the backoff.
         self.retryPolicy.connected()
         self.status.connections += 1
-        super().peerConnected(peer)
+        super().peerReady(peer)
 
     def peerLost(self, peer: FramedProtocol, reason: Failure) -> None:
         self.retryPolicy.disconnected()
@@ -159,11 +174,28 @@ class LoggingEndpoint:
         return self._endpoint.connect(factory).addErrback(failed)
 
 
+@implementer(ILogObserver)
+class _WithoutRetryLine:
+    """
+    Every event but L{ClientService}'s retry line, to the global publisher.
+    """
+
+    LINE = "Scheduling retry {attempt} to connect {endpoint} in {delay} seconds."
+
+    def __call__(self, event: LogEvent) -> None:
+        if event.get("log_format") != self.LINE:
+            globalLogPublisher(event)
+
+
 class _ClosingClientService(ClientService):
     """
     Closes the connection through its session on stop, so that the
-    protocol stops producing first.
+    protocol stops producing first; and leaves out L{ClientService}'s retry
+    line, whose count restarts on every connection: L{RetryPolicy} logs the
+    real one.
     """
+
+    _log = Logger(observer=_WithoutRetryLine())
 
     def __init__(self, hub: Hub, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcpcomm.interfaces import IHandler, IHub, IPeer, ISession
+from tcpcomm.logs import RateLimiter
 from tcpcomm.registry import PeerRegistry
 from tcpcomm.session import Session
 from tcpcomm.templates import Template
@@ -58,6 +59,8 @@ class Stats:
         "timeouts",
         "refused",
         "heartbeatsIn",
+        "handshakeTimeouts",
+        "handshakeEvictions",
     )
 
     def __init__(self) -> None:
@@ -74,6 +77,8 @@ class Stats:
         self.timeouts = 0
         self.refused = 0
         self.heartbeatsIn = 0
+        self.handshakeTimeouts = 0
+        self.handshakeEvictions = 0
 
 
 #: A watcher of the traffic and of peers coming and going: called with
@@ -101,6 +106,16 @@ class Hub:
         self.registry = PeerRegistry()
         self.stats = Stats()
         self.watchers: list[Watcher] = []
+        #: Warnings peers can repeat at will, at most one line per 10 s:
+        #: undecodable messages per peer; refused connections and connections
+        #: whose handshake did not finish, for the side.
+        self.undecodableLines = RateLimiter(
+            "undecodable", "undecodable messages from {peer}", clock
+        )
+        self.refusedLines = RateLimiter("refused", "refused connections", clock)
+        self.handshakeLines = RateLimiter(
+            "handshake-timeout", "connections dropped before their handshake finished", clock
+        )
         self.handler = handlerFactory(self)
 
     def conversationFor(self, peer: IPeer) -> Session:

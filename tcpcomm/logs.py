@@ -1,7 +1,12 @@
 """
-C{--log-format json}: one JSON object per line for each log event, written
-where twistd would have written its text log (standard output with C{-n},
-else C{--logfile}, default C{twistd.log}, rotated as twistd rotates it).
+tcpcomm's own log observer for twistd, in text or JSON (C{--log-format}),
+written where twistd would have written its log (standard output with C{-n}
+or C{--logfile -}, else C{--logfile}, default C{twistd.log}, rotated at 1 MB
+and on SIGUSR1), and the rate limiter for log lines peers can repeat at will.
+
+Owning the observer is what lets tcpcomm escape control characters in text
+lines (a peer's text must not forge a line or drive a terminal) and hold
+back Twisted's own storms of accept errors.
 """
 
 from __future__ import annotations
@@ -9,11 +14,22 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, cast
 
-from twisted.logger import FileLogObserver, ILogObserver, LogEvent, formatEvent
+from twisted.application.service import IServiceCollection, MultiService
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import FileLogObserver, ILogObserver, LogEvent, Logger, formatEvent, formatTime
+from twisted.python.components import Componentized
+from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
+
+log = Logger()
+
+#: The window of L{RateLimiter}, in seconds.
+WINDOW = 10.0
 
 #: Keys of legacy C{twisted.python.log} events, and of the logger's own
 #: bookkeeping, which are not fields of the event.
@@ -61,46 +77,326 @@ def formatJSONLine(event: LogEvent) -> str:
     return json.dumps(eventAsRecord(event), ensure_ascii=False) + "\n"
 
 
-#: Where L{jsonObserver} writes: twistd's C{--logfile} and C{--nodaemon}.
-#: twistd names its C{--logger} factory by import path and calls it with no
-#: arguments, so L{useJSON} leaves the destination here for it.
-_destination: tuple[str | None, bool] = ("-", True)
+# Text lines.
+
+#: Every C0 and C1 control character, DEL, and the two Unicode line
+#: separators, as the escapes Python writes them with.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_ESCAPES.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"})
 
 
-def jsonObserver() -> ILogObserver:
+def escapeControl(text: str) -> str:
     """
-    twistd's C{--logger} factory for JSON lines, written where twistd's own
-    text observer would have written them (rotated the same way).
+    C{text} with its control characters escaped (C{\\n}, C{\\r}, C{\\x1b},
+    ...), so that it stays one line and cannot drive a terminal.
     """
-    logfile, nodaemon = _destination
+    # The fast path: str.isprintable is False for every character escaped.
+    if text.isprintable():
+        return text
+    return text.translate(_ESCAPES)
+
+
+class TextFormat:
+    """
+    twistd's text line for an event (C{2026-11-28T12:00:00+0000
+    [namespace#level] text}), with control characters in the line escaped;
+    a logged failure's traceback follows on lines of its own, each begun
+    with a tab, as twistd writes it.
+    """
+
+    def __init__(self) -> None:
+        # The last second formatted and its text (one tuple, so that a
+        # thread logging meanwhile never sees half of it).
+        self._stamp: tuple[int, str] = (-1, "")
+
+    def _timestamp(self, when: float | None) -> str:
+        if when is None:
+            return "-"
+        second = int(when)
+        cached, text = self._stamp
+        if second != cached:
+            text = formatTime(second)
+            self._stamp = (second, text)
+        return text
+
+    def __call__(self, event: LogEvent) -> str | None:
+        text = formatEvent(event)
+        failure = event.get("log_failure")
+        if not text and failure is None:
+            return None
+        system = event.get("log_system")
+        if system is None:
+            level = event.get("log_level")
+            system = f"{event.get('log_namespace', '-')}#{'-' if level is None else level.name}"
+        line = escapeControl(f"{self._timestamp(event.get('log_time'))} [{system}] {text}")
+        if failure is not None:
+            line = f"{line}\n{_traceback(failure)}".replace("\n", "\n\t")
+        return line + "\n"
+
+
+def _traceback(failure: Failure) -> str:
+    try:
+        return failure.getTraceback()
+    except BaseException as e:
+        return f"(UNABLE TO OBTAIN TRACEBACK FROM EVENT): {e}"
+
+
+# Rate limiting.
+
+
+class _Window:
+    __slots__ = ("start", "held", "timer")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.held = 0
+        self.timer: IDelayedCall | None = None
+
+
+class RateLimiter:
+    """
+    At most one log line per key (a peer, or L{None} for a whole server) per
+    C{window} seconds, then one line saying how many were held back: call
+    L{allow} before logging a line that a peer, or a storm, could repeat at
+    will, and log it only if it says so.
+
+    With a clock, the count is logged when the window ends; without one (in
+    a log observer, which must not start timers), on the first L{allow} or
+    L{flush} after it ended. Call L{forget} when a key's peer goes, so that
+    nothing is kept for it.
+    """
+
+    def __init__(
+        self,
+        of: str,
+        what: str,
+        clock: IReactorTime | None = None,
+        window: float = WINDOW,
+        keyName: str = "peer",
+        logger: Logger = log,
+    ) -> None:
+        """
+        @param of: the event name of the lines limited (the summary's C{of}).
+        @param what: what they are, for the summary's text, such as
+            C{"undecodable messages from {peer}"}; the key is the field
+            C{keyName}.
+        """
+        self.of = of
+        self.window = window
+        self._summary = "{count} more " + what + " suppressed in the last {window:g} s"
+        self._clock = clock
+        self._keyName = keyName
+        self._log = logger
+        self._windows: dict[Hashable, _Window] = {}
+
+    @property
+    def active(self) -> bool:
+        """
+        Whether a window is open for any key.
+        """
+        return bool(self._windows)
+
+    def allow(self, key: Hashable = None, now: float | None = None) -> bool:
+        """
+        Whether to log a line for C{key} now (C{now} defaults to the clock's
+        time); if not, count it.
+        """
+        if now is None:
+            assert self._clock is not None
+            now = self._clock.seconds()
+        window = self._windows.get(key)
+        if window is not None:
+            if now < window.start + self.window:
+                if not window.held and self._clock is not None:
+                    window.timer = self._clock.callLater(
+                        window.start + self.window - now, self._end, key, None
+                    )
+                window.held += 1
+                return False
+            self._end(key, now)
+        self._windows[key] = _Window(now)
+        return True
+
+    def flush(self, now: float) -> None:
+        """
+        End every window that is over by C{now}.
+        """
+        for key, window in list(self._windows.items()):
+            if now >= window.start + self.window:
+                self._end(key, now)
+
+    def forget(self, key: Hashable) -> None:
+        """
+        C{key} is gone: say what was held back for it, and keep nothing.
+        """
+        if key in self._windows:
+            self._end(key, None)
+
+    def _end(self, key: Hashable, now: float | None) -> None:
+        window = self._windows.pop(key)
+        if window.timer is not None and window.timer.active():
+            window.timer.cancel()
+        if not window.held:
+            return
+        if now is None:
+            now = self._clock.seconds() if self._clock is not None else window.start
+        span = round(min(max(now - window.start, 0.0), self.window), 1)
+        fields = {} if key is None else {self._keyName: key}
+        self._log.warn(
+            self._summary, event="suppressed", of=self.of, count=window.held, window=span, **fields
+        )
+
+
+# The observer.
+
+#: What Twisted's TCP ports log when accepting fails, as they do in storms
+#: when file descriptors run out (twisted.internet.tcp._accept).
+ACCEPT_ERRORS = frozenset(
+    {
+        "Could not accept new connection ({acceptError})",
+        "EMFILE encountered; releasing reserved file descriptor.",
+        "EMFILE recovery: Closed socket from {address}",
+        "Re-reserving EMFILE recovery file descriptor.",
+    }
+)
+
+
+class LineFormat:
+    """
+    The formatter of tcpcomm's observer: each event as C{format} writes it,
+    but Twisted's accept errors at most one line per window, then how many
+    were held back, before the next line.
+    """
+
+    def __init__(self, format: Callable[[LogEvent], str | None], window: float = WINDOW) -> None:
+        self._format = format
+        self._held: list[LogEvent] = []
+        self._acceptErrors = RateLimiter(
+            "accept-error",
+            "accept errors",
+            window=window,
+            logger=Logger(namespace=__name__, observer=cast(ILogObserver, self._held.append)),
+        )
+
+    def __call__(self, event: LogEvent) -> str | None:
+        limiter = self._acceptErrors
+        isAcceptError = event.get("log_format") in ACCEPT_ERRORS
+        if not (isAcceptError or limiter.active):
+            return self._format(event)
+        now = event.get("log_time", 0.0)
+        limiter.flush(now)
+        line = self._format(event) if not isAcceptError or limiter.allow(None, now) else None
+        if self._held:
+            held = self._held[:]
+            self._held.clear()
+            for summary in held:
+                summary["log_time"] = now
+            line = "".join(filter(None, [*map(self._format, held), line]))
+        return line or None
+
+
+@dataclass(frozen=True)
+class LogDestination:
+    """
+    Where twistd would write its log, from its C{--logfile} and
+    C{--nodaemon}: standard output with C{-n} and no C{--logfile}, or with
+    C{--logfile -}; else the file (default C{twistd.log}).
+    """
+
+    logfile: str | None = None
+    nodaemon: bool = False
+
+    @property
+    def stdout(self) -> bool:
+        return self.logfile == "-" or (self.nodaemon and not self.logfile)
+
+
+def makeObserver(
+    destination: LogDestination, logFormat: str = "text", reactor: Any = None
+) -> ILogObserver:
+    """
+    tcpcomm's log observer: C{logFormat} lines (C{text} or C{json}) written
+    to C{destination}. A file rotates at 1 MB and on SIGUSR1, as twistd's
+    own does; standard output has nothing to rotate, and SIGUSR1, which
+    would otherwise end the process, only says so (once). Either way only
+    where nothing else handles SIGUSR1 already.
+    """
     out: IO[Any]
-    if logfile == "-" or (nodaemon and not logfile):
+    if destination.stdout:
+        if not destination.nodaemon:
+            sys.exit("Daemons cannot log to stdout, exiting!")  # as twistd says it
         out = sys.stdout
+        onSIGUSR1(_NothingToRotate(), reactor)
     else:
-        rotating = LogFile.fromFullPath(logfile or "twistd.log")
-        _rotateOnSIGUSR1(rotating)
-        out = rotating
-    return FileLogObserver(out, formatJSONLine)
+        logFile = LogFile.fromFullPath(destination.logfile or "twistd.log")
+        onSIGUSR1(logFile.rotate, reactor)
+        out = logFile
+    formatter = TextFormat() if logFormat == "text" else formatJSONLine
+    return FileLogObserver(out, LineFormat(formatter))
 
 
-def _rotateOnSIGUSR1(logFile: LogFile) -> None:
+class _NothingToRotate:
+    said = False
+
+    def __call__(self) -> None:
+        if not self.said:
+            self.said = True
+            log.info(
+                "SIGUSR1: there is no log file to rotate (the log goes to standard output "
+                "or syslog); ignoring it",
+                event="no-rotation",
+            )
+
+
+def onSIGUSR1(action: Callable[[], object], reactor: Any = None) -> None:
     """
-    Rotate C{logFile} on SIGUSR1, as twistd does for its text log.
+    Run C{action} in the reactor on SIGUSR1, unless something else already
+    handles it (as twistd does for its own log file).
     """
-    if signal.getsignal(signal.SIGUSR1) in (None, signal.SIG_DFL):
+    if signal.getsignal(signal.SIGUSR1) not in (None, signal.SIG_DFL):
+        return
 
-        def rotate(signum: int, frame: object) -> None:
-            from twisted.internet import reactor
+    def handler(signum: int, frame: object) -> None:
+        target = reactor
+        if target is None:
+            from twisted.internet import reactor as target
+        target.callFromThread(action)
 
-            reactor.callFromThread(logFile.rotate)  # type: ignore[attr-defined]
-
-        signal.signal(signal.SIGUSR1, rotate)
+    signal.signal(signal.SIGUSR1, handler)
 
 
-def useJSON(twistdOptions: Any) -> None:
+class _ObservedService(MultiService):
     """
-    Make twistd, whose parsed options are C{twistdOptions}, log JSON lines.
+    The top of a twistd application that logs through tcpcomm's observer:
+    twistd logs to its application's L{ILogObserver} component (unless
+    C{--logger} names another), which this sets when twistd makes it part
+    of the application, after C{makeService} and before logging begins.
     """
-    global _destination
-    _destination = (twistdOptions.get("logfile"), bool(twistdOptions.get("nodaemon")))
-    twistdOptions["logger"] = f"{__name__}.jsonObserver"
+
+    def __init__(self, makeObserver: Callable[[], ILogObserver]) -> None:
+        super().__init__()
+        self._makeObserver = makeObserver
+
+    def setServiceParent(self, parent: IServiceCollection) -> None:
+        super().setServiceParent(parent)
+        if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
+            parent.setComponent(ILogObserver, self._makeObserver())
+
+
+def loggedByTcpcomm(twistd: Any, logFormat: str, service: MultiService) -> MultiService:
+    """
+    C{service}, made to log through tcpcomm's observer when twistd, whose
+    parsed options are C{twistd}, runs it: to the same destination twistd's
+    own observer would use. With twistd's C{--logger} or C{--syslog}, the
+    user's choice stands (and SIGUSR1 is only kept from ending the process
+    where there is no file).
+    """
+    if twistd is None or "nodaemon" not in twistd or twistd.get("logger") is not None:
+        return service
+    if twistd.get("syslog"):
+        onSIGUSR1(_NothingToRotate())
+        return service
+    destination = LogDestination(twistd.get("logfile"), bool(twistd.get("nodaemon")))
+    top = _ObservedService(lambda: makeObserver(destination, logFormat))
+    service.setServiceParent(top)
+    return top

@@ -6,6 +6,7 @@ message path pays nothing for them.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -13,6 +14,31 @@ from prometheus_client.registry import Collector
 
 from tcpcomm.client import ClientStatus
 from tcpcomm.hub import Hub
+
+if TYPE_CHECKING:
+    from tcpcomm.reload import ReloadStatus
+
+
+class ReloadCollector(Collector):
+    """
+    The last reload's result and time, named as Prometheus names its own
+    (the start counts as the first load).
+    """
+
+    def __init__(self, reloads: ReloadStatus) -> None:
+        self._reloads = reloads
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "tcpcomm_config_last_reload_success",
+            "1 if the last load of the settings (the start, or a SIGHUP reload) worked, else 0.",
+            value=1 if self._reloads.ok else 0,
+        )
+        yield GaugeMetricFamily(
+            "tcpcomm_config_last_reload_timestamp_seconds",
+            "When the settings were last loaded (or a reload failed), in seconds since the epoch.",
+            value=self._reloads.time,
+        )
 
 
 class HubCollector(Collector):
@@ -59,8 +85,21 @@ class HubCollector(Collector):
             ),
             (
                 "tcpcomm_refused_connections",
-                "Connections refused over --max-connections.",
+                "Connections refused over --max-connections (or the lower limit the file "
+                "descriptors allow).",
                 stats.refused,
+            ),
+            (
+                "tcpcomm_handshake_timeout_disconnects",
+                "Connections dropped for not finishing their TLS handshake within "
+                "--handshake-timeout.",
+                stats.handshakeTimeouts,
+            ),
+            (
+                "tcpcomm_handshake_evictions",
+                "Connections still in their TLS handshake dropped to make room for a new one at "
+                "--max-connections.",
+                stats.handshakeEvictions,
             ),
             (
                 "tcpcomm_heartbeats_received",
@@ -86,13 +125,17 @@ class HubCollector(Collector):
             )
 
 
-def makeRegistry(hub: Hub, status: ClientStatus | None = None) -> CollectorRegistry:
+def makeRegistry(
+    hub: Hub, status: ClientStatus | None = None, reloads: ReloadStatus | None = None
+) -> CollectorRegistry:
     """
-    A registry of this process's metrics: the hub's, and the process's own
-    (memory, CPU, open files) and Python's.
+    A registry of this process's metrics: the hub's, the last reload's, and
+    the process's own (memory, CPU, open files) and Python's.
     """
     registry = CollectorRegistry()
     registry.register(HubCollector(hub, status))
+    if reloads is not None:
+        registry.register(ReloadCollector(reloads))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry

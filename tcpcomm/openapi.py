@@ -41,7 +41,7 @@ _SEND_ERRORS = {
     "400": _error(
         "The text cannot be sent: empty, not UTF-8, not encodable, or a newline in line framing."
     ),
-    "413": _error("The encoded message is over --max-message-size."),
+    "413": _error("The body, or the message once encoded, is over --max-message-size."),
 }
 
 _ID = {
@@ -65,7 +65,20 @@ def _common(protected: dict[str, Any]) -> dict[str, Any]:
                         "Up.",
                         {
                             "type": "object",
-                            "properties": {"status": {"type": "string", "enum": ["ok"]}},
+                            "properties": {
+                                "status": {"type": "string", "enum": ["ok"]},
+                                "lastReload": {
+                                    "description": "The last load of the settings: the "
+                                    "start, or the last SIGHUP reload.",
+                                    "type": "object",
+                                    "properties": {
+                                        "time": {"type": "string", "format": "date-time"},
+                                        "ok": {"type": "boolean"},
+                                        "error": {"type": "string", "nullable": True},
+                                    },
+                                    "required": ["time", "ok", "error"],
+                                },
+                            },
                             "required": ["status"],
                         },
                     )

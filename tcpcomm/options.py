@@ -9,18 +9,21 @@ from __future__ import annotations
 import codecs
 import ipaddress
 import math
-from collections.abc import Callable
-from typing import Any
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, Self
 
 from twisted.internet.endpoints import clientFromString, quoteStringArgument, serverFromString
 from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 
+from tcpcomm.config import ConfigFile, givenOptions
 from tcpcomm.framing import FRAMINGS
 from tcpcomm.handlers import HandlerNotFound, findHandler
-from tcpcomm.logs import useJSON
+from tcpcomm.server import systemBacklog
 from tcpcomm.templates import Template, TemplateError
-from tcpcomm.tls import TLSFileError, clientCreator, serverOptions
+from tcpcomm.tls import TLS_VERSIONS, TLSFileError, clientCreator, serverOptions
+from tcpcomm.tokens import TokenFileError, readTokenFile
 
 
 def _number(
@@ -100,10 +103,38 @@ def _onlyLocal(reactor: MemoryReactor) -> bool:
     return True
 
 
+def _checkMinVersionUnused(
+    options: usage.Options, tlsOption: str, endpointOption: str, endpoint: object
+) -> None:
+    """
+    Refuse a raised C{--tls-min-version} on a side without the TLS it
+    applies to, rather than ignore it: endpoint strings build their own
+    context, with Twisted's defaults.
+    """
+    version = options["tls-min-version"]
+    if version == "1.2":
+        return
+    if endpoint:
+        raise usage.UsageError(
+            f"--tls-min-version {version!r} applies to {tlsOption}, not to {endpointOption} "
+            "endpoint strings, which keep Twisted's own TLS defaults"
+        )
+    raise usage.UsageError(f"--tls-min-version {version!r} needs {tlsOption}")
+
+
 class _CommonOptions(usage.Options):
     """
     Options shared by server and client.
+
+    @ivar argv: the command line these options were parsed from, to parse
+        again on a reload.
     """
+
+    #: The config file's table for this side.
+    side = ""
+    #: Options that may be given more than once (arrays in a config file).
+    repeatable: tuple[str, ...] = ()
+    argv: list[str] = []
 
     optFlags = [
         [
@@ -178,6 +209,21 @@ class _CommonOptions(usage.Options):
             _number("--keepalive", float, 0),
         ],
         [
+            "handshake-timeout",
+            None,
+            10.0,
+            "Drop a connection whose TLS handshake has not finished within this many seconds; "
+            "0 is never.",
+            _number("--handshake-timeout", float, 0),
+        ],
+        [
+            "tls-min-version",
+            None,
+            "1.2",
+            "Oldest TLS version to accept (for --tls-cert on a server, --tls on a client).",
+            _choice("--tls-min-version", list(TLS_VERSIONS)),
+        ],
+        [
             "handler",
             None,
             "delayed-reply",
@@ -200,19 +246,58 @@ class _CommonOptions(usage.Options):
             "(Authorization: Bearer TOKEN); required when --admin listens beyond loopback.",
         ],
         [
+            "admin-max-connections",
+            None,
+            64,
+            "Most admin API connections at once; one more is answered 503 and closed, so "
+            "admin sockets never take the descriptors the message port needs.",
+            _number("--admin-max-connections", int, 1),
+        ],
+        [
             "log-format",
             None,
             "text",
             "twistd's log as text lines, or as one JSON object per line.",
             _choice("--log-format", ["text", "json"]),
         ],
+        [
+            "config",
+            None,
+            None,
+            "TOML file of settings: a [server] or [client] table whose keys are the long "
+            "option names (reply-delay = 0.5); the command line wins over it. Re-read, with "
+            "every other file named here, on SIGHUP.",
+        ],
     ]
 
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """
+        Parse C{options}, after the settings of C{--config FILE} when it is
+        given, so that the command line wins.
+        """
+        argv = list(sys.argv[1:] if options is None else options)
+        self.argv = argv
+        given = givenOptions(self, argv)
+        if given is None or "config" not in given or {"help", "version"} & set(given):
+            super().parseOptions(argv)
+            return
+        config = ConfigFile(given["config"], self.side, self)
+        try:
+            super().parseOptions(config.arguments(given) + argv)
+        except usage.UsageError as e:
+            raise config.blame(e, given) from None
+
+    def reparsed(self) -> Self:
+        """
+        New options parsed from the same command line, which reads
+        C{--config} and every file the options name again; raises
+        L{usage.UsageError} as the first parse would have.
+        """
+        fresh = type(self)()
+        fresh.parseOptions(self.argv)
+        return fresh
+
     def postOptions(self) -> None:
-        if self["log-format"] == "json":
-            twistd = self._twistdOptions()
-            if twistd is not None:
-                useJSON(twistd)
         if isinstance(self["handler"], str):
             try:
                 self["handler"] = findHandler(self["handler"])
@@ -258,15 +343,9 @@ class _CommonOptions(usage.Options):
             if self["admin"] is None:
                 raise usage.UsageError(f"--admin-token-file {tokenFile!r} needs --admin")
             try:
-                with open(tokenFile, encoding="utf-8") as f:
-                    token = f.read().strip()
-            except (OSError, UnicodeDecodeError) as e:
-                raise usage.UsageError(f"--admin-token-file {tokenFile!r}: {e}") from None
-            if not token or any(c.isspace() for c in token):
-                raise usage.UsageError(
-                    f"--admin-token-file {tokenFile!r} must hold one token, without spaces"
-                )
-            self["admin-token"] = token
+                self["admin-token"] = readTokenFile(tokenFile)
+            except TokenFileError as e:
+                raise usage.UsageError(f"--admin-token-file {tokenFile!r}: {e.reason}") from None
         description = self["admin"]
         if description is None:
             return
@@ -284,17 +363,6 @@ class _CommonOptions(usage.Options):
                 "--admin-token-file"
             )
 
-    def _twistdOptions(self) -> usage.Options | None:
-        """
-        twistd's own parsed options, two levels up, when run by twistd.
-        """
-        parent = self.parent
-        while parent is not None:
-            if "nodaemon" in parent:
-                return parent
-            parent = getattr(parent, "parent", None)
-        return None
-
 
 class ServerOptions(_CommonOptions):
     """
@@ -306,6 +374,8 @@ class ServerOptions(_CommonOptions):
         "Accept many clients, keep a registry of who is connected, and answer "
         "each message after --reply-delay seconds."
     )
+    side = "server"
+    repeatable = ("listen",)
     optParameters = [
         [
             "port",
@@ -323,8 +393,10 @@ class ServerOptions(_CommonOptions):
         [
             "backlog",
             None,
-            50,
-            "Length of the queue of connections not yet accepted.",
+            None,
+            "Length of the queue of connections not yet accepted on --port (default: the "
+            "system's maximum, net.core.somaxconn on Linux); --listen strings carry their own "
+            "(backlog=, 50 if not given)",
             _number("--backlog", int, 1),
         ],
         [
@@ -376,11 +448,14 @@ class ServerOptions(_CommonOptions):
 
     def postOptions(self) -> None:
         super().postOptions()
+        if self["backlog"] is None:
+            self["backlog"] = systemBacklog()
         cert, key, clientCA = self["tls-cert"], self["tls-key"], self["tls-client-ca"]
         if cert is None:
             for name, value in (("tls-key", key), ("tls-client-ca", clientCA)):
                 if value is not None:
                     raise usage.UsageError(f"--{name} {value!r} needs --tls-cert")
+            _checkMinVersionUnused(self, "--tls-cert", "--listen", self["listen"] or None)
             return
         if self["listen"]:
             raise usage.UsageError(
@@ -388,7 +463,7 @@ class ServerOptions(_CommonOptions):
                 "give --listen an ssl: or tls: endpoint instead"
             )
         try:
-            self["tls"] = serverOptions(cert, key, clientCA)
+            self["tls"] = serverOptions(cert, key, clientCA, self["tls-min-version"])
         except TLSFileError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -428,6 +503,7 @@ class ClientOptions(_CommonOptions):
         "Keep one connection to a server, greet it, and answer each of its "
         "messages after --reply-delay seconds; reconnect with backoff when it goes."
     )
+    side = "client"
     optParameters = [
         ["host", "h", "127.0.0.1", "Server host: a name, an IPv4 or an IPv6 address."],
         ["port", "p", 9527, "Server TCP port.", _number("--port", int, 1, 65535)],
@@ -522,10 +598,16 @@ class ClientOptions(_CommonOptions):
             )
         if self["tls-key"] is not None and self["tls-cert"] is None:
             raise usage.UsageError(f"--tls-key {self['tls-key']!r} needs --tls-cert")
+        if not self["tls"]:
+            _checkMinVersionUnused(self, "--tls", "--connect", self["connect"])
         if self["tls"]:
             try:
                 self["tls-creator"] = clientCreator(
-                    self["host"], self["tls-ca"], self["tls-cert"], self["tls-key"]
+                    self["host"],
+                    self["tls-ca"],
+                    self["tls-cert"],
+                    self["tls-key"],
+                    self["tls-min-version"],
                 )
             except TLSFileError as e:
                 raise usage.UsageError(str(e)) from None

@@ -8,11 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
+    IDelayedCall,
     IHalfCloseableProtocol,
     IHandshakeListener,
     IPushProducer,
+    ISSLTransport,
     ITransport,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -30,12 +34,22 @@ if TYPE_CHECKING:
 
 log = Logger()
 
+#: Most messages, heartbeats included, that one connection's input may deliver
+#: in one reactor turn. Twisted reads up to 64 KiB per connection per turn,
+#: and 64 KiB of empty lines is 65,536 messages: past this many, the framing
+#: keeps the rest, stops reading, and goes on at the next turn, so one
+#: flooding peer leaves the reactor to everyone else in between. A batch of
+#: 1,024 empty lines or int32 messages takes 0.2-0.6 ms (netstrings, which
+#: Twisted's receiver copies the rest of the read for each, about 4 ms).
+MESSAGES_PER_TURN = 1024
+
 
 @dataclass(frozen=True)
 class Limits:
     """
     What a side allows its peers: message size, unread output, connection
-    count (servers), and the liveness settings (see L{tcpcomm.liveness}).
+    count (servers), the time a connection may take to become ready (its TLS
+    handshake), and the liveness settings (see L{tcpcomm.liveness}).
     """
 
     maxMessageSize: int = 65536
@@ -45,6 +59,7 @@ class Limits:
     messageTimeout: float = 0.0
     heartbeat: float = 0.0
     keepalive: float = 0.0
+    handshakeTimeout: float = 10.0
 
     @property
     def watched(self) -> bool:
@@ -84,6 +99,19 @@ class FramedProtocol(Protocol):
     #: Bytes a framing's receiver counts beyond the message (see LineFraming).
     slack = 0
     unregistered: bool = False
+    #: Whether the connection can carry messages, and so has its conversation
+    #: (over TLS: once the handshake completed).
+    isReady: bool = False
+    #: Until it is ready: what it waits for; whether it was dropped for not
+    #: becoming ready in time (which is logged then).
+    waitingFor: str = ""
+    abandoned: bool = False
+    #: While the messages of a read beyond L{MESSAGES_PER_TURN} wait for later
+    #: turns: reading is paused, and more data (TLS hands one read over in
+    #: pieces) is only buffered.
+    inputHeld: bool = False
+    _nextBatch: IDelayedCall | None = None
+    _endedWhileHeld: bool = False
 
     @staticmethod
     def frame(message: bytes) -> bytes:
@@ -106,6 +134,22 @@ class FramedProtocol(Protocol):
         sock = tcpSocket(self.transport)
         if sock is not None:
             tuneSocket(sock, limits.keepalive, limits.heartbeat)
+        if ISSLTransport.providedBy(self.transport):
+            factory.peerWaiting(self, "the TLS handshake")  # until handshakeCompleted
+        else:
+            self.ready()
+
+    def ready(self) -> None:
+        """
+        The connection can carry messages: its conversation starts, so that
+        a handler, a broadcast or the admin API never sees a peer that might
+        still fail its TLS handshake.
+        """
+        if self.transport.disconnecting:  # type: ignore[attr-defined]
+            return  # dropped while waiting
+        factory = self.factory
+        factory.peerReady(self)
+        limits = factory.limits
         if limits.watched or limits.heartbeat > 0:
             self.watchdog = Watchdog(
                 self,
@@ -114,6 +158,8 @@ class FramedProtocol(Protocol):
                 limits.messageTimeout,
                 limits.heartbeat,
             )
+        self.isReady = True
+        self.conversation = factory.hub.conversationFor(self)
         self.conversation.connected()
 
     def overdue(self, size: int) -> None:
@@ -159,23 +205,66 @@ class FramedProtocol(Protocol):
     def handshakeCompleted(self) -> None:
         self.secured = True
         self.factory.peerSecured(self)
+        self.ready()
+
+    # The bound on one read's work (see MESSAGES_PER_TURN).
+
+    def holdInput(self) -> None:
+        """
+        The framing stopped at L{MESSAGES_PER_TURN} with more buffered: stop
+        reading, and take the next batch at the next reactor turn.
+        """
+        if self.transport.disconnecting:  # type: ignore[attr-defined]
+            return  # what is held goes with the connection
+        if not self.inputHeld:
+            self.inputHeld = True
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        if self._nextBatch is None:
+            self._nextBatch = self.factory.hub.clock.callLater(0, self._takeNextBatch)
+
+    def _takeNextBatch(self) -> None:
+        self._nextBatch = None
+        transport = self.transport
+        if transport.disconnecting:  # type: ignore[attr-defined]
+            return
+        # Through dataReceived, so that the watchdog sees what is left.
+        self.dataReceived(b"")
+        if self._nextBatch is not None or transport.disconnecting:  # type: ignore[attr-defined]
+            return
+        self.inputHeld = False
+        if self._endedWhileHeld:
+            # The end of input came after the messages just taken.
+            self.conversation.inputEnded()
+        else:
+            transport.resumeProducing()  # type: ignore[attr-defined]
 
     def readConnectionLost(self) -> None:
-        self.conversation.inputEnded()
+        if not self.isReady:
+            self.close()  # it can never become ready now
+        elif self.inputHeld:
+            self._endedWhileHeld = True
+        else:
+            self.conversation.inputEnded()
 
     def writeConnectionLost(self) -> None:
         self.close()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._nextBatch is not None:
+            self._nextBatch.cancel()
+            self._nextBatch = None
         if self.watchdog is not None:
             self.watchdog.stop()
             self.watchdog = None
-        self.conversation.disconnected(reason)
+        if self.isReady:
+            self.conversation.disconnected(reason)
         self.factory.peerLost(self, reason)
-        # The session and the protocol refer to each other: let go here, so
-        # that a closed connection's memory is freed at once rather than by
-        # the cycle collector some time later.
-        del self.conversation
+        if self.isReady:
+            # The session and the protocol refer to each other: let go here,
+            # so that a closed connection's memory is freed at once rather
+            # than by the cycle collector some time later.
+            self.isReady = False
+            del self.conversation
 
     def tooLong(self, size: int) -> None:
         """
@@ -222,29 +311,141 @@ class _Watched:
         self.watchdog.received(self.hasPartial())  # type: ignore[attr-defined]
 
 
+#: Seconds a refused peer that could not be told at once may take to read
+#: it before it is dropped: each one waiting holds a file descriptor.
+REFUSAL_TIMEOUT = 10.0
+
+
+@implementer(IHandshakeListener)
 class Refusal(Protocol):
     """
-    What a peer over C{--max-connections} gets: one message saying so, in
+    What a peer over the connection limit gets: one message saying so, in
     its framing, and a closed connection.
+
+    Over plain TCP and UNIX sockets both happen at once, so the descriptor
+    is free again before the next connection is accepted: Twisted accepts a
+    hundred connections or more per reactor turn, and at the descriptor
+    limit holding each refused one until the next turn runs the process out
+    of them (then Twisted accepts the connections waiting and closes them
+    without a word). Over TLS the message waits for the handshake, which
+    gets C{--handshake-timeout} seconds like any other.
     """
 
-    def __init__(self, message: bytes, hub: Hub, limit: int) -> None:
+    _deadline: IDelayedCall | None = None
+
+    def __init__(
+        self,
+        message: bytes,
+        hub: Hub,
+        limit: int,
+        cause: str,
+        reason: str,
+        handshakeTimeout: float = 0,
+    ) -> None:
         self._message = message
         self._hub = hub
         self._limit = limit
+        self._cause = cause
+        self._reason = reason
+        self._handshakeTimeout = handshakeTimeout
 
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
         self._hub.stats.refused += 1
-        log.warn(
-            "refusing {peer}: --max-connections {limit} reached",
-            event="refused",
-            peer=addressText(transport.getPeer()),
-            limit=self._limit,
-        )
-        transport.write(self._message)
+        peer = addressText(transport.getPeer())
+        if self._hub.refusedLines.allow():
+            log.warn(
+                "refusing {peer}: {reason}",
+                event="refused",
+                peer=peer,
+                limit=self._limit,
+                cause=self._cause,
+                reason=self._reason,
+            )
+        message = self._message
+        if isinstance(transport, FileDescriptor):
+            message = self._sendNow(transport, message)
+            if not message:
+                return
+        transport.write(message)
         transport.loseConnection()
+        if ISSLTransport.providedBy(transport) and self._handshakeTimeout > 0:
+            self._deadline = self._hub.clock.callLater(
+                self._handshakeTimeout,
+                _dropNotReady,
+                self._hub,
+                peer,
+                transport,
+                "the TLS handshake",
+                self._handshakeTimeout,
+            )
+        else:
+            self._lingerAtMost(transport)
+
+    def _lingerAtMost(self, transport: ITransport) -> None:
+        self._deadline = self._hub.clock.callLater(
+            REFUSAL_TIMEOUT,
+            transport.abortConnection,  # type: ignore[attr-defined]
+        )
+
+    def _sendNow(self, transport: FileDescriptor, message: bytes) -> bytes:
+        """
+        Send C{message} straight to the socket and close it now; return
+        what is left to send the usual way if the socket did not take it all.
+        """
+        sock = transport.getHandle()  # type: ignore[attr-defined]
+        try:
+            sent = sock.send(message)
+        except BlockingIOError:
+            return message
+        except OSError:
+            sent = len(message)  # the peer is gone already
+        if sent < len(message):
+            return message[sent:]
+        try:
+            sock.recv(65536)  # what it already sent: closing with it unread is a reset
+        except OSError:
+            pass
+        # What the reactor calls once a closing connection's buffer is
+        # written; called here, it writes nothing and closes the socket.
+        transport.connectionLost(Failure(ConnectionDone()))
+        return b""
+
+    def handshakeCompleted(self) -> None:
+        # The message goes now; the peer has as long to read it as any
+        # other refused peer.
+        self._stopDeadline()
+        assert self.transport is not None
+        self._lingerAtMost(self.transport)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stopDeadline()
+
+    def _stopDeadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+
+def _dropNotReady(
+    hub: Hub, peer: str, transport: ITransport, waitingFor: str, timeout: float
+) -> None:
+    """
+    Drop a connection that did not become ready within C{--handshake-timeout}.
+    """
+    hub.stats.handshakeTimeouts += 1
+    transport.abortConnection()  # type: ignore[attr-defined]
+    if not hub.handshakeLines.allow():
+        return
+    log.warn(
+        "disconnecting {peer}: {waitingFor} did not finish within {timeout} s "
+        "(--handshake-timeout)",
+        event="handshake-timeout",
+        peer=peer,
+        waitingFor=waitingFor,
+        timeout=timeout,
+    )
 
 
 class MessageFactory(Factory[FramedProtocol]):
@@ -257,30 +458,126 @@ class MessageFactory(Factory[FramedProtocol]):
     noisy = False
 
     def __init__(self, protocol: type[FramedProtocol], hub: Hub, limits: Limits) -> None:
+        self.framing = protocol
+        self.hub = hub
+        #: Connections not ready yet (in their TLS handshake), oldest first,
+        #: with their deadlines.
+        self.waiting: dict[FramedProtocol, IDelayedCall | None] = {}
+        #: The most clients the process's file descriptors hold, when that
+        #: is fewer than C{--max-connections} (see L{tcpcomm.descriptors}),
+        #: and that descriptor limit.
+        self._fileCap: int | None = None
+        self._fileLimit: int | None = None
+        self.setLimits(limits)
+
+    def setLimits(self, limits: Limits) -> None:
+        """
+        Use C{limits} from now on (a reload): connections made from now on
+        get them, and the watched protocol if they time arriving data.
+        """
+        protocol = self.framing
         if limits.watched:
             protocol = type(f"Watched{protocol.__name__}", (_Watched, protocol), {})
         self.protocol = protocol
-        self.hub = hub
         self.limits = limits
+        #: The most clients at once: C{--max-connections}, or fewer when the
+        #: file descriptors do not hold that many.
+        self.connectionLimit = limits.maxConnections
+        if self._fileCap is not None and limits.maxConnections is not None:
+            self.connectionLimit = min(limits.maxConnections, self._fileCap)
+
+    def lowerConnectionLimit(self, limit: int, fileLimit: int) -> None:
+        """
+        Accept at most C{limit} clients, all that C{fileLimit} descriptors hold.
+        """
+        self._fileCap = limit
+        self._fileLimit = fileLimit
+        self.setLimits(self.limits)
 
     def buildProtocol(self, addr: IAddress | None) -> FramedProtocol:
         limits = self.limits
-        if limits.maxConnections is not None and len(self.hub.registry) >= limits.maxConnections:
-            full = self.hub.texts.fullReply
-            text = full.render(self.hub.clock.seconds()) if full is not None else b"full"
-            return Refusal(self.protocol.frame(text), self.hub, limits.maxConnections)  # type: ignore[return-value]
+        limit = self.connectionLimit
+        if limit is not None and len(self.hub.registry) + len(self.waiting) >= limit:
+            if not self.waiting:
+                return self._refusal(limit)  # type: ignore[return-value]
+            # Connections still in their handshake count, so that every
+            # descriptor does, but never lock a client out: the oldest gives
+            # up its place.
+            self._evictOldest(limit)
         p = self.protocol()
         p.factory = self
         p.MAX_LENGTH = limits.maxMessageSize + p.slack
         return p
 
+    def _refusal(self, limit: int) -> Refusal:
+        full = self.hub.texts.fullReply
+        text = full.render(self.hub.clock.seconds()) if full is not None else b"full"
+        if self._fileCap is None or limit == self.limits.maxConnections:
+            cause, reason = "max-connections", f"--max-connections {limit} reached"
+        else:
+            cause = "file-limit"
+            reason = (
+                f"{limit} clients connected, all that RLIMIT_NOFILE {self._fileLimit} allows "
+                f"(--max-connections {self.limits.maxConnections})"
+            )
+        return Refusal(
+            self.protocol.frame(text), self.hub, limit, cause, reason, self.limits.handshakeTimeout
+        )
+
     def peerConnected(self, peer: FramedProtocol) -> None:
         """
-        Name and log a new connection, and give it its conversation.
+        Name and log a new connection.
         """
         peer.id = self.hub.registry.idFor(peer.transport.getPeer())
-        peer.conversation = self.hub.conversationFor(peer)
         log.info("connected {peer}", event="connected", peer=peer.id)
+
+    def peerWaiting(self, peer: FramedProtocol, waitingFor: str) -> None:
+        """
+        C{peer} is not ready until C{waitingFor} is done (then it calls
+        L{FramedProtocol.ready}): drop it if that takes more than
+        C{--handshake-timeout}.
+        """
+        peer.waitingFor = waitingFor
+        timeout = self.limits.handshakeTimeout
+        self.waiting[peer] = (
+            self.hub.clock.callLater(timeout, self._notReadyInTime, peer, timeout)
+            if timeout > 0
+            else None
+        )
+
+    def peerReady(self, peer: FramedProtocol) -> None:
+        """
+        C{peer} can carry messages now.
+        """
+        self._stopWaiting(peer)
+
+    def _stopWaiting(self, peer: FramedProtocol) -> None:
+        if peer in self.waiting:
+            deadline = self.waiting.pop(peer)
+            if deadline is not None and deadline.active():
+                deadline.cancel()
+
+    def _notReadyInTime(self, peer: FramedProtocol, timeout: float) -> None:
+        del self.waiting[peer]
+        peer.abandoned = True
+        _dropNotReady(self.hub, peer.id, peer.transport, peer.waitingFor, timeout)
+
+    def _evictOldest(self, limit: int) -> None:
+        peer = next(iter(self.waiting))
+        self._stopWaiting(peer)
+        peer.abandoned = True
+        self.hub.stats.handshakeEvictions += 1
+        peer.abort()
+        if not self.hub.handshakeLines.allow():
+            return
+        log.warn(
+            "disconnecting {peer} to make room: --max-connections {limit} reached, and it "
+            "is the oldest connection still waiting for {waitingFor}",
+            event="handshake-evicted",
+            peer=peer.id,
+            limit=limit,
+            waitingFor=peer.waitingFor,
+        )
 
     def peerSecured(self, peer: FramedProtocol) -> None:
         """
@@ -300,7 +597,8 @@ class MessageFactory(Factory[FramedProtocol]):
         """
         Log a connection that went away.
         """
-        if not peer.secured and hasattr(peer.transport, "getPeerCertificate"):
+        self._stopWaiting(peer)
+        if not peer.secured and not peer.abandoned and ISSLTransport.providedBy(peer.transport):
             log.warn(
                 "TLS handshake with {peer} failed: {reason}",
                 event="tls-failed",

@@ -5,6 +5,8 @@ listen, and a service that closes every peer when the server stops.
 
 from __future__ import annotations
 
+import socket
+
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
@@ -17,9 +19,28 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from tcpcomm.descriptors import DescriptorBudget, FileLimit
+from tcpcomm.protocol import MessageFactory
 from tcpcomm.registry import PeerRegistry, addressText
 
 log = Logger()
+
+SOMAXCONN_PATH = "/proc/sys/net/core/somaxconn"
+
+
+def systemBacklog(path: str = SOMAXCONN_PATH) -> int:
+    """
+    The longest queue of connections not yet accepted that the system
+    allows: Linux's C{net.core.somaxconn} (which caps any larger
+    C{listen()} backlog), elsewhere the C{SOMAXCONN} Python was built with.
+    Thousands of clients reconnecting at once overflow a short queue, and
+    each one dropped waits for its SYN to be sent again, 1, 3, 7, 15 s on.
+    """
+    try:
+        with open(path, encoding="ascii") as f:
+            return max(1, int(f.read()))
+    except (OSError, ValueError):
+        return socket.SOMAXCONN
 
 
 @implementer(IStreamServerEndpoint)
@@ -96,16 +117,21 @@ class DisconnectAllService(Service):
 
 def makeServerService(
     listeners: list[tuple[IStreamServerEndpoint, str]],
-    factory: IProtocolFactory,
+    factory: MessageFactory,
     registry: PeerRegistry,
     clock: IReactorTime,
     shutdownTimeout: float,
+    adminConnections: int = 0,
+    fileLimit: FileLimit | None = None,
 ) -> MultiService:
     """
-    Listen on each C{(endpoint, description)} with C{factory}. Closing peers
-    is added first so that it runs after every listener has stopped accepting.
+    Listen on each C{(endpoint, description)} with C{factory}, within the
+    file descriptors C{fileLimit} allows beside C{adminConnections}. Closing
+    peers is added before the listeners so that it runs after every one of
+    them has stopped accepting.
     """
     top = MultiService()
+    DescriptorBudget(factory, adminConnections, fileLimit).setServiceParent(top)
     DisconnectAllService(registry, clock, shutdownTimeout).setServiceParent(top)
     for endpoint, description in listeners:
         listeningService(endpoint, description, factory).setServiceParent(top)

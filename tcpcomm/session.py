@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 
 log = Logger()
 
+#: How many bytes of an undecodable message its log line shows.
+LOGGED_BYTES = 64
+UNDECODABLE = "undecodable message from {peer}: {data!r} ({reason})"
+UNDECODABLE_CUT = "undecodable message from {peer}: {data!r}... ({size} bytes; {reason})"
+
 
 @implementer(IConversation, ISession)
 class Session:
@@ -81,13 +86,15 @@ class Session:
             text = message.decode(hub.texts.encoding)
         except UnicodeDecodeError as e:
             stats.decodeErrors += 1
-            log.warn(
-                "undecodable message from {peer}: {data!r} ({reason})",
-                event="undecodable",
-                peer=self.id,
-                data=message,
-                reason=str(e),
-            )
+            if hub.undecodableLines.allow(self.id):
+                log.warn(
+                    UNDECODABLE if size <= LOGGED_BYTES else UNDECODABLE_CUT,
+                    event="undecodable",
+                    peer=self.id,
+                    data=message[:LOGGED_BYTES],
+                    size=size,
+                    reason=str(e),
+                )
             self.sendBytes(hub.texts.errorReply.render(now))
             return
         if hub.logMessages:
@@ -104,6 +111,7 @@ class Session:
         for call in owed or ():
             if call.active():
                 call.cancel()
+        self.hub.undecodableLines.forget(self.id)
         self.hub.sessionEnded(self, reason)
 
     # ISession: what handlers and the admin API call.

@@ -8,7 +8,9 @@ the services start.
 from __future__ import annotations
 
 import importlib.resources
-from typing import Any
+from collections.abc import Mapping
+from functools import partial
+from typing import Any, cast
 
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import (
@@ -20,13 +22,22 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint, IStreamServerEndpoint
 
-from tcpcomm.admin import Outgoing, makeAdminSite
+from tcpcomm.admin import AdminResource, Outgoing, makeAdminSite
 from tcpcomm.client import ClientFactory, ClientStatus, RetryPolicy, makeClientService
 from tcpcomm.framing import FRAMINGS
 from tcpcomm.hub import Hub, Texts
+from tcpcomm.logs import loggedByTcpcomm
 from tcpcomm.metrics import makeRegistry
 from tcpcomm.options import ClientOptions, Options, ServerOptions
 from tcpcomm.protocol import Limits, MessageFactory
+from tcpcomm.reload import (
+    Live,
+    ReloadableClientTLS,
+    ReloadableServerTLS,
+    Reloader,
+    ReloadService,
+    describeCertificate,
+)
 from tcpcomm.server import listeningService, makeServerService
 
 __all__ = ["Options", "makeService"]
@@ -34,11 +45,11 @@ __all__ = ["Options", "makeService"]
 DASHBOARD = importlib.resources.files("tcpcomm").joinpath("dashboard.html")
 
 
-def makeHub(options: ServerOptions | ClientOptions, clock: IReactorTime, client: bool) -> Hub:
+def makeTexts(options: Mapping[str, Any], client: bool) -> Texts:
     """
-    The hub of one side: its texts and its handler.
+    What the side says.
     """
-    texts = Texts(
+    return Texts(
         encoding=options["encoding"],
         replyDelay=options["reply-delay"],
         reply=options["reply"],
@@ -46,10 +57,17 @@ def makeHub(options: ServerOptions | ClientOptions, clock: IReactorTime, client:
         greeting=options["greeting"] if client else None,
         fullReply=None if client else options["full-reply"],
     )
+
+
+def makeHub(options: ServerOptions | ClientOptions, clock: IReactorTime, client: bool) -> Hub:
+    """
+    The hub of one side: its texts and its handler.
+    """
+    texts = makeTexts(options, client)
     return Hub(clock, texts, options["handler"], logMessages=not options["no-message-log"])
 
 
-def makeLimits(options: ServerOptions | ClientOptions, client: bool) -> Limits:
+def makeLimits(options: Mapping[str, Any], client: bool) -> Limits:
     """
     What the side allows its peers.
     """
@@ -61,7 +79,60 @@ def makeLimits(options: ServerOptions | ClientOptions, client: bool) -> Limits:
         messageTimeout=options["message-timeout"],
         heartbeat=options["heartbeat"],
         keepalive=options["keepalive"],
+        handshakeTimeout=options["handshake-timeout"],
     )
+
+
+def makeReloader(
+    options: ServerOptions | ClientOptions,
+    hub: Hub,
+    factory: MessageFactory,
+    reactor: Any,
+    client: bool,
+) -> Reloader:
+    """
+    What a reload changes on either side: texts for new messages, limits
+    for new connections, whether messages are logged. Whatever else the
+    options feed is added where it is built.
+    """
+    reloader = Reloader(options, reactor)
+    reloader.add(Live("texts", partial(makeTexts, client=client), partial(setattr, hub, "texts")))
+    reloader.add(Live("limits", partial(makeLimits, client=client), factory.setLimits))
+    reloader.add(
+        Live(
+            "message log",
+            lambda o: not o["no-message-log"],
+            partial(setattr, hub, "logMessages"),
+        )
+    )
+    return reloader
+
+
+def _tlsFile(name: str) -> bool:
+    """
+    Whether option C{name} feeds the TLS settings that C{postOptions}
+    builds from files (C{--tls-cert}, C{--tls-key}, ...).
+    """
+    return name.startswith("tls-")
+
+
+def _useTLS(tls: ReloadableServerTLS | ReloadableClientTLS, new: Any) -> str | None:
+    """
+    Put new TLS settings in place; TLS that the options now turn off stays
+    on until a restart, since the listener or endpoint was built for it.
+    """
+    if new is None:
+        return "turning TLS off"
+    tls.current = new
+    return None
+
+
+def addReloadService(top: MultiService, reloader: Reloader, reactor: Any) -> None:
+    """
+    Reload on SIGHUP, where the reactor can be called from a signal handler
+    (a test's memory reactor cannot).
+    """
+    ReloadService(reloader, getattr(reactor, "callFromThread", None)).setServiceParent(top)
 
 
 def makeServer(options: ServerOptions, reactor: Any) -> MultiService:
@@ -70,15 +141,51 @@ def makeServer(options: ServerOptions, reactor: Any) -> MultiService:
     """
     hub = makeHub(options, reactor, client=False)
     factory = MessageFactory(FRAMINGS[options["framing"]], hub, makeLimits(options, client=False))
+    reloader = makeReloader(options, hub, factory, reactor, client=False)
+    tls = None
+    if options["tls"] is not None:
+        tls = ReloadableServerTLS(options["tls"])
+        reloader.add(
+            Live(
+                "TLS certificate",
+                lambda o: o["tls"],
+                partial(_useTLS, tls),
+                sources=_tlsFile,
+                always=True,
+                describe=describeCertificate,
+            )
+        )
+    reloader.notes += [
+        f"--listen {d!r} (an ssl: endpoint reads its certificate at start only)"
+        for d in options["listen"]
+        if d.startswith("ssl:")
+    ]
     top = makeServerService(
-        serverEndpoints(options, reactor),
+        serverEndpoints(options, reactor, tls),
         factory,
         hub.registry,
         reactor,
         options["shutdown-timeout"],
+        adminConnections(options),
     )
-    addAdmin(top, options, hub, reactor)
+    addAdmin(top, options, hub, reactor, reloader)
+    addReloadService(top, reloader, reactor)
     return top
+
+
+def _useOutgoing(outgoing: Outgoing, resource: AdminResource, settings: tuple[str, int]) -> None:
+    outgoing.encoding, outgoing.maxMessageSize = settings
+    resource.maxBody = outgoing.maxMessageSize
+
+
+def adminConnections(options: ServerOptions) -> int:
+    """
+    How many connections the admin API may hold open at once, for the
+    descriptor budget: none without C{--admin}.
+    """
+    if options["admin"] is None:
+        return 0
+    return int(options["admin-max-connections"])
 
 
 def addAdmin(
@@ -86,6 +193,7 @@ def addAdmin(
     options: ServerOptions | ClientOptions,
     hub: Hub,
     reactor: Any,
+    reloader: Reloader,
     status: ClientStatus | None = None,
 ) -> None:
     """
@@ -94,28 +202,49 @@ def addAdmin(
     description = options["admin"]
     if description is None:
         return
+    outgoing = Outgoing(options["encoding"], options["framing"], options["max-message-size"])
     site = makeAdminSite(
         hub,
-        makeRegistry(hub, status),
-        Outgoing(options["encoding"], options["framing"], options["max-message-size"]),
+        makeRegistry(hub, status, reloader.status),
+        outgoing,
         reactor,
         options["admin-token"],
         status,
         dashboard=None if status is not None else DASHBOARD.read_bytes(),
+        maxConnections=options["admin-max-connections"],
+        reloads=reloader.status,
+    )
+    resource = cast(AdminResource, site.resource)
+    reloader.add(
+        Live(
+            "admin token",
+            lambda o: o["admin-token"],
+            resource.setToken,
+            sources=lambda name: name == "admin-token-file",
+        )
+    )
+    reloader.add(
+        Live(
+            "admin messages",
+            lambda o: (o["encoding"], o["max-message-size"]),
+            partial(_useOutgoing, outgoing, resource),
+        )
     )
     endpoint = serverFromString(reactor, description)
     listeningService(endpoint, f"admin API {description}", site).setServiceParent(top)
 
 
 def serverEndpoints(
-    options: ServerOptions, reactor: Any
+    options: ServerOptions, reactor: Any, tls: ReloadableServerTLS | None = None
 ) -> list[tuple[IStreamServerEndpoint, str]]:
     """
-    Each endpoint the server listens on, with the description to log it by.
+    Each endpoint the server listens on, with the description to log it by;
+    C{tls} holds the TLS settings of C{--tls-cert}, which a reload replaces.
     """
     if options["tls"] is not None:
         port, backlog, interface = options["port"], options["backlog"], options["interface"]
-        endpoint = SSL4ServerEndpoint(reactor, port, options["tls"], backlog, interface)
+        context = tls if tls is not None else options["tls"]
+        endpoint = SSL4ServerEndpoint(reactor, port, context, backlog, interface)
         mutual = " with client certificates" if options["tls-client-ca"] else ""
         return [(endpoint, f"TLS{mutual} on port {port}")]
     return [(serverFromString(reactor, d), d) for d in options.listenDescriptions()]
@@ -126,6 +255,7 @@ def makeClient(options: ClientOptions, reactor: Any) -> MultiService:
     The client: one connection kept up by a L{ClientService}.
     """
     endpoint: IStreamClientEndpoint
+    tls = None
     if options["connect"] is not None:
         description = options["connect"]
         endpoint = clientFromString(reactor, description)
@@ -136,7 +266,8 @@ def makeClient(options: ClientOptions, reactor: Any) -> MultiService:
             reactor, host, port, timeout=options["timeout"], bindAddress=options["bind-address"]
         )
         if options["tls-creator"] is not None:
-            endpoint = wrapClientTLS(options["tls-creator"], endpoint)
+            tls = ReloadableClientTLS(options["tls-creator"])
+            endpoint = wrapClientTLS(tls, endpoint)
             description = f"tls:{description}"
     policy = RetryPolicy(
         reactor, options["retry-initial"], options["retry-max"], options["retry-reset"]
@@ -146,18 +277,38 @@ def makeClient(options: ClientOptions, reactor: Any) -> MultiService:
     factory = ClientFactory(
         FRAMINGS[options["framing"]], hub, makeLimits(options, client=True), policy, status
     )
+    reloader = makeReloader(options, hub, factory, reactor, client=True)
+    if tls is not None:
+        reloader.add(
+            Live(
+                "TLS settings",
+                lambda o: o["tls-creator"],
+                partial(_useTLS, tls),
+                sources=_tlsFile,
+                always=True,
+                describe=lambda creator: "TLS settings (for the next connection)",
+                keeps=("host",),
+            )
+        )
+    connect = options["connect"] or ""
+    if connect.startswith(("ssl:", "tls:")):
+        reloader.notes.append(f"--connect {connect!r} (its TLS settings are read at start only)")
     top = MultiService()
     makeClientService(endpoint, factory, reactor).setServiceParent(top)
-    addAdmin(top, options, hub, reactor, status)
+    addAdmin(top, options, hub, reactor, reloader, status)
+    addReloadService(top, reloader, reactor)
     return top
 
 
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     """
-    Build the server or client that C{options} describe.
+    Build the server or client that C{options} describe, logging through
+    tcpcomm's observer when twistd (C{options.parent}) runs it.
     """
     if reactor is None:
         from twisted.internet import reactor
     if options.subCommand == "server":
-        return makeServer(options.subOptions, reactor)
-    return makeClient(options.subOptions, reactor)
+        service = makeServer(options.subOptions, reactor)
+    else:
+        service = makeClient(options.subOptions, reactor)
+    return loggedByTcpcomm(options.parent, options.subOptions["log-format"], service)

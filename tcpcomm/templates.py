@@ -39,6 +39,15 @@ class Template:
         self._second = -1
         self._cached = b"" if self._hasTime else self._encode(text.format())
 
+    def __eq__(self, other: object) -> bool:
+        # Equal texts are the same setting (what a reload compares).
+        if not isinstance(other, Template):
+            return NotImplemented
+        return (self.text, self.encoding) == (other.text, other.encoding)
+
+    def __hash__(self) -> int:
+        return hash((self.text, self.encoding))
+
     def _encode(self, text: str) -> bytes:
         try:
             return text.encode(self.encoding)

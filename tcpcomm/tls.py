@@ -1,26 +1,47 @@
 """
 TLS settings from PEM files: a server context (optionally requiring client
 certificates signed by a given CA) and a client connection creator that
-verifies the server. Files are read once, when options are parsed.
+verifies the server, both with a modern profile. Files are read once, when
+options are parsed.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from OpenSSL.crypto import FILETYPE_PEM, X509
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import (
+    AcceptableCiphers,
     Certificate,
     CertificateOptions,
     KeyPair,
     PrivateCertificate,
+    TLSVersion,
     optionsForClientTLS,
     platformTrust,
     trustRootFromCertificates,
 )
 
 _CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+#: C{--tls-min-version}'s values.
+TLS_VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
+
+# Twisted's default suites still take CBC with SHA-1 MACs on TLS 1.2 (such as
+# ECDHE-ECDSA-AES128-SHA). Keep forward secrecy (ECDHE) with AEAD ciphers only;
+# TLS 1.3's own suites are all AEAD and stay as they are.
+_CIPHERS = AcceptableCiphers.fromOpenSSLCipherString("ECDHE+AESGCM:ECDHE+CHACHA20")
+
+
+def profile(minVersion: str = "1.2") -> dict[str, Any]:
+    """
+    The L{CertificateOptions} arguments of the modern profile: TLS
+    C{minVersion} or newer, AEAD ciphers only.
+    """
+    return {"raiseMinimumTo": TLS_VERSIONS[minVersion], "acceptableCiphers": _CIPHERS}
 
 
 class TLSFileError(ValueError):
@@ -75,11 +96,12 @@ def privateCertificate(
 
 
 def serverOptions(
-    certPath: str, keyPath: str | None, clientCAPath: str | None
+    certPath: str, keyPath: str | None, clientCAPath: str | None, minVersion: str = "1.2"
 ) -> CertificateOptions:
     """
-    A server context from C{--tls-cert}/C{--tls-key}; with C{--tls-client-ca},
-    the handshake fails for a client without a certificate signed by that CA.
+    A server context from C{--tls-cert}/C{--tls-key} with the modern
+    L{profile}; with C{--tls-client-ca}, the handshake fails for a client
+    without a certificate signed by that CA.
     """
     identity, chain = privateCertificate("--tls-cert", certPath, "--tls-key", keyPath)
     if clientCAPath is None:
@@ -87,6 +109,7 @@ def serverOptions(
             privateKey=identity.privateKey.original,
             certificate=identity.original,
             extraCertChain=[c.original for c in chain],
+            **profile(minVersion),
         )
     return CertificateOptions(
         privateKey=identity.privateKey.original,
@@ -94,16 +117,21 @@ def serverOptions(
         extraCertChain=[c.original for c in chain],
         # A trust root makes Twisted require and verify the client's certificate.
         trustRoot=trustRootFromCertificates(certificates("--tls-client-ca", clientCAPath)),
+        **profile(minVersion),
     )
 
 
 def clientCreator(
-    hostname: str, caPath: str | None, certPath: str | None, keyPath: str | None
+    hostname: str,
+    caPath: str | None,
+    certPath: str | None,
+    keyPath: str | None,
+    minVersion: str = "1.2",
 ) -> IOpenSSLClientConnectionCreator:
     """
-    Client TLS that verifies the server's certificate for C{hostname}
-    against C{--tls-ca} (or the system's trust store), presenting
-    C{--tls-cert} when given.
+    Client TLS with the modern L{profile} that verifies the server's
+    certificate for C{hostname} against C{--tls-ca} (or the system's trust
+    store), presenting C{--tls-cert} when given.
     """
     trustRoot = (
         trustRootFromCertificates(certificates("--tls-ca", caPath)) if caPath else platformTrust()
@@ -111,7 +139,12 @@ def clientCreator(
     clientCertificate = None
     if certPath is not None:
         clientCertificate, _ = privateCertificate("--tls-cert", certPath, "--tls-key", keyPath)
-    return optionsForClientTLS(hostname, trustRoot=trustRoot, clientCertificate=clientCertificate)
+    return optionsForClientTLS(
+        hostname,
+        trustRoot=trustRoot,
+        clientCertificate=clientCertificate,
+        extraCertificateOptions=profile(minVersion),
+    )
 
 
 def subjectName(certificate: X509 | None) -> str | None:

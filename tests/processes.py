@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -81,6 +82,7 @@ class Twistd:
         *args: str,
         cwd: str | None = None,
         env: dict[str, str] | None = None,
+        preexec: Callable[[], None] | None = None,
     ) -> None:
         if not os.path.exists(TWISTD):
             raise SkipTest(f"no twistd beside {sys.executable}")
@@ -94,6 +96,7 @@ class Twistd:
             stdout=self._out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=preexec,
         )
         case.addCleanup(self.stop)
 

@@ -10,6 +10,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tcpcomm.descriptors import FileLimit
 from tcpcomm.framing import FRAMINGS
 from tcpcomm.handlers import DelayedReply, HandlerFactory
 from tcpcomm.hub import Hub, Texts
@@ -103,3 +104,22 @@ def connect(
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
     protocol.makeConnection(transport)
     return protocol, transport, clock, factory
+
+
+class FakeFileLimit(FileLimit):
+    """
+    An RLIMIT_NOFILE of C{soft}/C{hard} (-1 is unlimited, as on Linux) that
+    refuses any soft limit over C{ceiling} (as macOS does past OPEN_MAX).
+    """
+
+    def __init__(self, soft: int = 1024, hard: int = 1024, ceiling: int | None = None) -> None:
+        self.limits: tuple[int, int] | None = (soft, hard)
+        self.ceiling = ceiling
+
+    def get(self) -> tuple[int, int] | None:
+        return self.limits
+
+    def set(self, soft: int, hard: int) -> None:
+        if self.ceiling is not None and (soft == -1 or soft > self.ceiling):
+            raise ValueError(f"not allowed: {soft}")
+        self.limits = (soft, hard)

@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -83,8 +84,9 @@ class ServerRouteTests(ServerAPITestCase):
     """
 
     def test_healthz(self) -> None:
-        """/healthz says ok."""
-        self.assertEqual(call(self.admin, "GET", "/healthz")[:2], (200, {"status": "ok"}))
+        """/healthz says ok, and how the last load of the settings went."""
+        status, body, _ = call(self.admin, "GET", "/healthz")
+        self.assertEqual((status, body["status"], body["lastReload"]["ok"]), (200, "ok", True))
 
     def test_clients(self) -> None:
         """GET /clients lists each client with its address and counters."""
@@ -227,6 +229,19 @@ def readUntilLines(sock: socket.socket, count: int) -> bytes:
     return data
 
 
+#: A message is at most --max-message-size bytes once encoded: a limit in bytes,
+#: which JSON Schema's maxLength (in characters) cannot state, so the sending
+#: routes may refuse a schema-valid text with their documented 413 (the daemon
+#: answers it from Content-Length, before looking the client up).
+SCHEMATHESIS_CONFIG = """\
+[[operations]]
+include-operation-id = ["sendToClient", "broadcast"]
+checks.positive_data_acceptance.expected-statuses = [
+  "2xx", "3xx", "401", "403", "404", "409", "413", "429", "5xx",
+]
+"""
+
+
 class TokenTests(ServerAPITestCase):
     """
     --admin-token-file guards every route but /healthz and the dashboard.
@@ -264,9 +279,15 @@ class TokenTests(ServerAPITestCase):
             raise SkipTest("schemathesis is not installed")
         for _ in range(2):
             self.peer()
+        folder = scratch(self)
+        config = os.path.join(folder, "schemathesis.toml")
+        with open(config, "w") as f:
+            f.write(SCHEMATHESIS_CONFIG)
         result = subprocess.run(
             [
                 schemathesis,
+                "--config-file",
+                config,
                 "run",
                 f"http://127.0.0.1:{self.admin}/openapi.json",
                 "--header",
@@ -281,7 +302,7 @@ class TokenTests(ServerAPITestCase):
                 "1",
                 "--no-color",
             ],
-            cwd=scratch(self),
+            cwd=folder,
             env=environment(),
             capture_output=True,
             text=True,
@@ -289,6 +310,102 @@ class TokenTests(ServerAPITestCase):
         )
         self.assertEqual(result.returncode, 0, result.stdout[-5000:] + result.stderr[-2000:])
         self.assertNotIn("Traceback", self.server.output())
+
+
+class AbuseTests(ServerAPITestCase):
+    """
+    A daemon with a token refuses what it will not take as soon as the
+    headers are in, and closes clients that trickle them.
+    """
+
+    def setUp(self) -> None:
+        folder = scratch(self)
+        self.tokenFile = os.path.join(folder, "token")
+        with open(self.tokenFile, "w") as f:
+            f.write("correct-horse\n")
+        self.extra = ("--admin-token-file", self.tokenFile)
+        super().setUp()
+
+    def dial(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.admin), timeout=WAIT)
+        self.addCleanup(sock.close)
+        return sock
+
+    def test_hugePostWithoutToken(self) -> None:
+        """A POST of 1 GiB without the token is answered 401 after 4 KiB of it, then not read."""
+        sock = self.dial()
+        sock.sendall(
+            b"POST /broadcast HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: 1073741824\r\n\r\n" + b"x" * 4096
+        )
+        answer = readUntilClosed(sock)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 401 "), answer)
+        self.assertIn(b"\r\nConnection: close\r\n", answer)
+        with self.assertRaises(OSError):  # the daemon closed its end: it reads no more
+            for _ in range(256):
+                sock.sendall(b"x" * 65536)
+        self.assertEqual(call(self.admin, "GET", "/healthz")[0], 200)
+        self.assertNotIn("Traceback", self.server.output())
+
+    def test_expectContinueWithoutToken(self) -> None:
+        """Expect: 100-continue without the token is answered 401, never 100 Continue."""
+        sock = self.dial()
+        sock.sendall(
+            b"POST /broadcast HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 1073741824\r\n\r\n"
+        )
+        answer = readUntilClosed(sock)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 401 "), answer)
+        self.assertNotIn(b"100 Continue", answer)
+
+    def test_hugePostWithToken(self) -> None:
+        """With the token, a POST declaring 200 MB is answered 413 at once, naming --max-message-size."""
+        sock = self.dial()
+        head = (
+            b"POST /broadcast HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Authorization: Bearer correct-horse\r\nContent-Length: 200000000\r\n\r\n"
+        )
+        sock.sendall(head + b"x" * 4096)
+        answer = readUntilClosed(sock)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
+        self.assertIn(b"--max-message-size 32", answer)
+
+    def test_trickledHeaders(self) -> None:
+        """A client that sends one header byte a second is answered 408 and closed within 10 s."""
+        sock = self.dial()
+        started = time.monotonic()
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nX-Slow: ")
+        sock.settimeout(1)
+        answer = b""
+        while time.monotonic() - started < WAIT:
+            try:
+                chunk = sock.recv(4096)
+            except TimeoutError:
+                sock.sendall(b"x")
+                continue
+            if not chunk:
+                break
+            answer += chunk
+        elapsed = time.monotonic() - started
+        self.assertLess(elapsed, 10, answer)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 408 "), answer)
+        self.server.waitFor(r"closing 127\.0\.0\.1:\d+: no complete request within 5(\.0)? s")
+
+
+class AdminConnectionCapTests(ServerAPITestCase):
+    """
+    --admin-max-connections reaches the admin site.
+    """
+
+    extra = ("--admin-max-connections", "2")
+
+    def test_oneTooMany(self) -> None:
+        """With two admin connections open, a third is answered 503 and the refusal logged."""
+        for _ in range(2):
+            sock = socket.create_connection(("127.0.0.1", self.admin), timeout=WAIT)
+            self.addCleanup(sock.close)
+        self.assertEqual(call(self.admin, "GET", "/healthz")[0], 503)
+        self.server.waitFor(r"refused a connection from 127\.0\.0\.1:\d+: 2 open already")
 
 
 class AdminOptionTests(SynchronousTestCase):
@@ -320,21 +437,57 @@ class AdminOptionTests(SynchronousTestCase):
             self.assertIsNone(options.subOptions["admin-token"])
 
     def test_badTokenFile(self) -> None:
-        """A missing or blank token file is refused, naming it."""
+        """A missing, blank or not printable-ASCII token file is refused at start, naming it."""
         from twisted.python.usage import UsageError
 
         from tcpcomm.options import Options
 
-        blank = os.path.join(scratch(self), "blank")
-        with open(blank, "w") as f:
-            f.write("\n")
-        for path in ("/nonexistent/token", blank):
+        folder = scratch(self)
+        files = {"/nonexistent/token": "cannot read it"}
+        for name, text, reason in (
+            ("blank", "\n", "empty"),
+            ("accented", "correct-hórse\n", "not printable ASCII"),
+        ):
+            files[os.path.join(folder, name)] = reason
+            with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+                f.write(text)
+        for path, reason in files.items():
             error = self.assertRaises(
                 UsageError,
                 Options().parseOptions,
                 ["server", "--admin", "tcp:0", "--admin-token-file", path],
             )
-            self.assertIn(f"--admin-token-file {path!r}", str(error))
+            self.assertIn(f"--admin-token-file {path!r}: ", str(error))
+            self.assertIn(reason, str(error))
+
+    def test_tokenFileByteOrderMark(self) -> None:
+        """A token file that starts with a UTF-8 byte order mark gives the token without it."""
+        from tcpcomm.options import Options
+
+        path = os.path.join(scratch(self), "token")
+        with open(path, "w", encoding="utf-8-sig") as f:
+            f.write("correct-horse\r\n")
+        options = Options()
+        options.parseOptions(["server", "--admin", "tcp:0", "--admin-token-file", path])
+        self.assertEqual(options.subOptions["admin-token"], "correct-horse")
+
+    def test_maxConnections(self) -> None:
+        """--admin-max-connections is 64 by default, and must be a positive integer."""
+        from twisted.python.usage import UsageError
+
+        from tcpcomm.options import Options
+
+        for side in ("server", "client"):
+            options = Options()
+            options.parseOptions([side])
+            self.assertEqual(options.subOptions["admin-max-connections"], 64)
+            options = Options()
+            options.parseOptions([side, "--admin-max-connections", "5"])
+            self.assertEqual(options.subOptions["admin-max-connections"], 5)
+        error = self.assertRaises(
+            UsageError, Options().parseOptions, ["server", "--admin-max-connections", "0"]
+        )
+        self.assertIn("--admin-max-connections must be an integer >= 1, not '0'", str(error))
 
 
 class ClientAPITests(SynchronousTestCase):

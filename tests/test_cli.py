@@ -155,8 +155,23 @@ class UsageTests(SynchronousTestCase):
             self, "--admin", f"http://127.0.0.1:{freePort()}", "--token-file", path, "clients"
         )
         self.assertEqual(result.returncode, 2, result.stderr)
-        self.assertIn(f"cannot read the token file {path!r}", result.stderr)
+        self.assertIn(f"tcpcomm: bad token file {path!r}: cannot read it", result.stderr)
         self.assertNotIn("Traceback", result.stderr)
+
+    def test_badTokenFile(self) -> None:
+        """A token file whose token is not printable ASCII exits 2 as a bad token file, not unreachable."""
+        path = os.path.join(scratch(self), "token")
+        for token in ("s3cret-tok€n", "s3cret-töken"):
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(token + "\n")
+            result = tcpcomm(
+                self, "--admin", f"http://127.0.0.1:{freePort()}", "--token-file", path, "clients"
+            )
+            self.assertEqual(result.returncode, 2, result.stderr)
+            self.assertIn(f"tcpcomm: bad token file {path!r}: ", result.stderr)
+            self.assertIn("not printable ASCII", result.stderr)
+            self.assertNotIn("cannot reach", result.stderr)
+            self.assertNotIn("Traceback", result.stderr)
 
 
 class ServerCommandTests(SynchronousTestCase):
@@ -249,6 +264,15 @@ class ServerCommandTests(SynchronousTestCase):
         result = tcpcomm(self, "--admin", url, "--token-file", token, "clients")
         self.assertEqual((result.returncode, result.stdout), (0, "no clients connected\n"))
         result = tcpcomm(self, "clients", env={"TCPCOMM_ADMIN": url, "TCPCOMM_TOKEN_FILE": token})
+        self.assertEqual((result.returncode, result.stdout), (0, "no clients connected\n"))
+
+    def test_tokenFileByteOrderMark(self) -> None:
+        """A token file saved with a UTF-8 byte order mark works for the daemon and the command alike."""
+        token = os.path.join(scratch(self), "token")
+        with open(token, "w", encoding="utf-8-sig") as f:
+            f.write("s3cret-token\r\n")
+        process, port, url = server(self, "--admin-token-file", token)
+        result = tcpcomm(self, "--admin", url, "--token-file", token, "clients")
         self.assertEqual((result.returncode, result.stdout), (0, "no clients connected\n"))
 
 

@@ -8,7 +8,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -135,6 +135,26 @@ class ClientServiceTests(SynchronousTestCase):
             self.assertEqual(len(self.reactor.tcpClients), attempts)
             self.reactor.advance(0.001)
             self.assertEqual(len(self.reactor.tcpClients), attempts + 1)
+
+    def test_retryLine(self) -> None:
+        """Each retry is logged with its real number and delay, across connections that die young too; ClientService's own line, which restarts at 1, is left out."""
+        self.service.startService()
+        with capturedLogs() as events:
+            for delay in [1, 2, 4]:
+                self.refuse()
+                self.reactor.advance(delay)
+            for delay in [8, 16]:
+                protocol, transport = self.accept()
+                protocol.connectionLost(Failure(ConnectionDone()))
+                self.reactor.advance(delay)
+        retries = [e for e in events if e.get("event") == "retry"]
+        self.assertEqual(
+            [(e["attempt"], e["delay"]) for e in retries], [(1, 1), (2, 2), (3, 4), (4, 8), (5, 16)]
+        )
+        self.assertEqual(formatEvent(retries[3]), "retry 4 to connect to 127.0.0.1:9527 in 8.0 s")
+        self.assertEqual(
+            [e for e in events if "Scheduling retry" in (e.get("log_format") or "")], []
+        )
 
     def test_greetsAndStopsCleanly(self) -> None:
         """On connect the greeting is sent; stopping closes the connection and stops retrying."""

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import re
+import selectors
+import signal
 import socket
 import stat
 import time
@@ -24,6 +28,7 @@ from .processes import (
     localServer,
     readUntilClosed,
     scratch,
+    signalWhenHandled,
     waitForFile,
 )
 
@@ -228,3 +233,140 @@ class JSONLogTests(SynchronousTestCase):
         daemon.stop()
         waitForFile(daemon.logfile, r"Server Shut Down")
         self.assertIn("listening", [e["event"] for e in jsonLines(daemon.log())])
+
+
+class SIGUSR1Tests(SynchronousTestCase):
+    """
+    SIGUSR1 rotates a log file, and never ends the process.
+    """
+
+    def test_foregroundOnStdout(self) -> None:
+        """A twistd -n server logging to standard output survives SIGUSR1, keeps serving, and says once that there is nothing to rotate."""
+        server = localServer(self, "--reply-delay", "0")
+        port = server.listeningPort()
+        signalWhenHandled(server.pid, signal.SIGUSR1)
+        server.waitFor(r"\[tcpcomm\.logs#info\] SIGUSR1: there is no log file to rotate")
+        signalWhenHandled(server.pid, signal.SIGUSR1)
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+                sock.sendall(b"hi\n")
+                sock.shutdown(socket.SHUT_WR)
+                self.assertIn(b"response from server", readUntilClosed(sock))
+        self.assertIsNone(server.process.poll())
+        self.assertIn(server.stop(), STOPPED)
+        log = server.output()
+        self.assertEqual(log.count("no log file to rotate"), 1)
+        assertCleanLog(self, log)
+
+    def test_daemonRotates(self) -> None:
+        """SIGUSR1 to a daemon with --logfile moves its log to .1 and starts a new one, in text and JSON."""
+        for logFormat in ["text", "json"]:
+            daemon = Daemon(self, scratch(self), "server", *LOCAL_SERVER, "--log-format", logFormat)
+            port = int(waitForFile(daemon.logfile, r"listening on 127\.0\.0\.1:(\d+)").group(1))
+            signalWhenHandled(daemon.pid, signal.SIGUSR1)
+            rotated = daemon.logfile + ".1"
+            waitForFile(rotated, "listening on")
+            with socket.create_connection(("127.0.0.1", port), timeout=WAIT):
+                waitForFile(daemon.logfile, r"connected 127\.0\.0\.1:\d+")
+            daemon.stop()
+            waitForFile(daemon.logfile, "Server Shut Down")
+            with open(rotated, encoding="utf-8") as f:
+                old = f.read()
+            self.assertNotIn("connected 127.0.0.1", old)
+            for text in (old, daemon.log()):
+                assertCleanLog(self, text)
+                if logFormat == "json":
+                    self.assertTrue(jsonLines(text), logFormat)
+
+
+class HostilePeerLogTests(SynchronousTestCase):
+    """
+    What a hostile peer sends cannot forge lines in the text log, nor flood it.
+    """
+
+    def test_forgedLine(self) -> None:
+        """A peer sending "a\\r\\nfake [tcpcomm#info] line\\x1b[31m" leaves one escaped line in the text log."""
+        forgery = b"a\r\nfake [tcpcomm#info] line\x1b[31m"
+        for framing, framed in [
+            ("netstring", b"%d:%s," % (len(forgery), forgery)),
+            ("line", forgery.replace(b"\r\n", b"\r") + b"\n"),
+        ]:
+            server = localServer(self, "--framing", framing, "--reply-delay", "0")
+            port = server.listeningPort()
+            with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+                sock.sendall(framed)
+                sock.shutdown(socket.SHUT_WR)
+                readUntilClosed(sock)
+            server.waitFor(r"lost 127\.0\.0\.1")
+            self.assertIn(server.stop(), STOPPED)
+            with open(server.logPath, "rb") as f:
+                log = f.read()
+            self.assertNotIn(b"\r", log)
+            self.assertNotIn(b"\x1b", log)
+            lines = [line for line in log.split(b"\n") if b"fake" in line]
+            escaped = (
+                forgery.replace(b"\r", b"\\r").replace(b"\n", b"\\n").replace(b"\x1b", b"\\x1b")
+            )
+            if framing == "line":
+                escaped = escaped.replace(b"\\r\\n", b"\\r")
+            self.assertEqual(len(lines), 1, lines)
+            self.assertRegex(
+                lines[0].decode(),
+                r"^\S+ \[tcpcomm\.session#info\] message from 127\.0\.0\.1:\d+: "
+                + re.escape(escaped.decode())
+                + "$",
+            )
+
+    def test_garbageStream(self) -> None:
+        """A peer streaming 4 MB of undecodable lines gets every error reply but adds only a few lines to the log, the last counting what was left out."""
+        server = localServer(self, "--reply-delay", "0")
+        port = server.listeningPort()
+        rng = random.Random(7)
+        lines = [
+            bytes(rng.randrange(0x80, 0x100) for _ in range(rng.randrange(100, 400))) + b"\n"
+            for _ in range(16_000)
+        ]
+        garbage = b"".join(lines)
+        server.waitFor("listening on")
+        before = os.path.getsize(server.logPath)
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+            replies = readWhileSending(sock, garbage)
+        self.assertEqual(replies.count(b"server error "), len(lines))
+        summary = server.waitFor(
+            r"(\d+) more undecodable messages from 127\.0\.0\.1:\d+ suppressed"
+        )
+        self.assertEqual(int(summary.group(1)), len(lines) - 1)
+        server.waitFor(r"lost 127\.0\.0\.1")
+        grown = os.path.getsize(server.logPath) - before
+        self.assertLess(grown, 4096, server.output()[-5000:])
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+            sock.sendall(b"still here\n")
+            sock.shutdown(socket.SHUT_WR)
+            self.assertIn(b"response from server", readUntilClosed(sock))
+        assertCleanLog(self, server.output())
+
+
+def readWhileSending(sock: socket.socket, data: bytes) -> bytes:
+    """
+    Send C{data}, then end the sending side, reading all the while; return
+    everything read until the other side closes (bounded by L{WAIT}).
+    """
+    sock.setblocking(False)
+    received: list[bytes] = []
+    view = memoryview(data)
+    deadline = time.monotonic() + WAIT
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        while time.monotonic() < deadline:
+            for _, mask in selector.select(timeout=0.5):
+                if mask & selectors.EVENT_READ:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return b"".join(received)
+                    received.append(chunk)
+                if mask & selectors.EVENT_WRITE and view:
+                    view = view[sock.send(view[:65536]) :]
+                    if not view:
+                        sock.shutdown(socket.SHUT_WR)
+                        selector.modify(sock, selectors.EVENT_READ)
+    raise AssertionError(f"still open after {WAIT} s; {len(view)} bytes unsent")

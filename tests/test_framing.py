@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import struct
-from typing import cast
+from typing import Any, cast
 
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tcpcomm.framing import FRAMINGS
+from tcpcomm.protocol import MESSAGES_PER_TURN, FramedProtocol
 
 from .support import Recorder, connect
 
@@ -179,3 +184,179 @@ class RawFramingTests(RecordingMixin, SynchronousTestCase):
     def test_everyFramingRegistered(self) -> None:
         """The four documented framings, and only those, can be chosen."""
         self.assertEqual(sorted(FRAMINGS), ["int32", "line", "netstring", "raw"])
+
+
+def turn(clock: Clock) -> None:
+    """
+    One reactor turn: run the calls due now, but not those they schedule,
+    which a reactor leaves to its next turn (C{Clock.advance} runs them too).
+    """
+    for call in [c for c in clock.calls if c.getTime() <= clock.seconds()]:
+        if call.active():
+            clock.calls.remove(call)
+            call.called = True
+            call.func(*call.args, **call.kw)
+
+
+class MessagesPerTurnTests(SynchronousTestCase):
+    """
+    One read delivers at most MESSAGES_PER_TURN messages; the rest waits,
+    with reading paused, for later reactor turns.
+    """
+
+    framings = ["line", "netstring", "int32"]
+
+    def flood(self, framing: str, count: int, **limits: Any) -> tuple[bytes, list[bytes]]:
+        """
+        C{count} messages, all empty (heartbeats) but every 500th, which
+        carries its number so that order shows; the wire and the messages.
+        """
+        messages = [b"%d" % i if i % 500 == 0 else b"" for i in range(count)]
+        return b"".join(frame(framing, m) for m in messages), messages
+
+    def receiver(
+        self, framing: str, **limits: Any
+    ) -> tuple[FramedProtocol, StringTransport, Clock, list[bytes], list[object]]:
+        protocol, transport, clock, _ = connect(framing, record=True, **limits)
+        recorder = cast(Recorder, protocol.conversation)
+        return protocol, transport, clock, recorder.messages, recorder.events
+
+    def test_boundedAndFinishedLater(self) -> None:
+        """A read of 64 KiB of empty lines (and as many netstrings and int32 messages) delivers the bound now, pauses reading, and the rest on later turns, in order."""
+        count = 65536
+        for framing in self.framings:
+            protocol, transport, clock, received, _ = self.receiver(framing)
+            wire, messages = self.flood(framing, count)
+            protocol.dataReceived(wire)
+            self.assertEqual(len(received), MESSAGES_PER_TURN, framing)
+            self.assertEqual(transport.producerState, "paused", framing)
+            turns = 1
+            while clock.getDelayedCalls():
+                turn(clock)
+                turns += 1
+                self.assertLessEqual(len(received), turns * MESSAGES_PER_TURN, framing)
+            self.assertEqual(received, messages, framing)
+            self.assertEqual(turns, count // MESSAGES_PER_TURN, framing)
+            self.assertEqual(transport.producerState, "producing", framing)
+            self.assertFalse(protocol.hasPartial(), framing)
+
+    def test_heartbeatsCounted(self) -> None:
+        """Heartbeats count against the bound, and a real session counts every one of them in the end."""
+        for framing in self.framings:
+            protocol, transport, clock, factory = connect(framing, delay=0)
+            protocol.dataReceived(frame(framing, b"") * (3 * MESSAGES_PER_TURN))
+            self.assertEqual(factory.hub.stats.heartbeatsIn, MESSAGES_PER_TURN, framing)
+            turn(clock)
+            self.assertEqual(factory.hub.stats.heartbeatsIn, 2 * MESSAGES_PER_TURN, framing)
+            turn(clock)
+            self.assertEqual(factory.hub.stats.heartbeatsIn, 3 * MESSAGES_PER_TURN, framing)
+            self.assertEqual(transport.value(), b"", framing)
+
+    def test_smallReadUntouched(self) -> None:
+        """A read of exactly the bound is delivered at once, without pausing or a timer."""
+        for framing in self.framings:
+            protocol, transport, clock, received, _ = self.receiver(framing)
+            protocol.dataReceived(frame(framing, b"x") * MESSAGES_PER_TURN)
+            self.assertEqual(len(received), MESSAGES_PER_TURN, framing)
+            self.assertEqual(transport.producerState, "producing", framing)
+            self.assertEqual(clock.getDelayedCalls(), [], framing)
+
+    def test_badMessageAfterTheBound(self) -> None:
+        """A message that breaks a limit behind the bound still disconnects the peer, once everything before it is delivered, and nothing after it is."""
+        bad = {
+            "line": b"x" * 9 + b"\n",
+            "netstring": b"3:abc;",
+            "int32": struct.pack("!I", 9) + b"x" * 9,
+        }
+        for framing in self.framings:
+            protocol, transport, clock, received, _ = self.receiver(framing, maxMessageSize=8)
+            wire, messages = self.flood(framing, 2 * MESSAGES_PER_TURN + 10)
+            protocol.dataReceived(wire + bad[framing] + frame(framing, b"after"))
+            self.assertFalse(transport.disconnecting, framing)
+            turn(clock)
+            self.assertFalse(transport.disconnecting, framing)
+            turn(clock)
+            self.assertEqual(received, messages, framing)
+            self.assertTrue(transport.disconnecting, framing)
+            self.assertEqual(clock.getDelayedCalls(), [], framing)
+
+    def test_lineLimitsAcrossTurns(self) -> None:
+        """Behind the bound, CRLF is still dropped, a line of exactly the limit still passes, and an over-long unfinished line is only cut once the lines before it are delivered."""
+        protocol, transport, clock, received, _ = self.receiver("line", maxMessageSize=8)
+        flood = b"\r\n" * (MESSAGES_PER_TURN + 1) + b"12345678\r\n" + b"87654321\n"
+        protocol.dataReceived(flood + b"x" * 10)
+        self.assertFalse(transport.disconnecting)
+        turn(clock)
+        self.assertEqual(received, [b""] * (MESSAGES_PER_TURN + 1) + [b"12345678", b"87654321"])
+        self.assertTrue(transport.disconnecting)
+
+    def test_halfCloseWaitsForHeldMessages(self) -> None:
+        """The end of the peer's input, arriving while messages are held, reaches the conversation after them."""
+        for framing in self.framings:
+            protocol, transport, clock, received, events = self.receiver(framing)
+            wire, messages = self.flood(framing, 2 * MESSAGES_PER_TURN + 1)
+            protocol.dataReceived(wire)
+            protocol.readConnectionLost()
+            self.assertEqual(events, ["connected"], framing)
+            turn(clock)
+            self.assertEqual(events, ["connected"], framing)
+            turn(clock)
+            self.assertEqual(received, messages, framing)
+            self.assertEqual(events, ["connected", "inputEnded"], framing)
+            self.assertEqual(transport.producerState, "paused", framing)  # nothing more to read
+
+    def test_lostWhileHeld(self) -> None:
+        """A connection lost while messages are held cancels the next batch; nothing more is delivered."""
+        for framing in self.framings:
+            protocol, transport, clock, received, events = self.receiver(framing)
+            protocol.dataReceived(self.flood(framing, 3 * MESSAGES_PER_TURN)[0])
+            protocol.connectionLost(Failure(ConnectionDone()))
+            self.assertEqual(clock.getDelayedCalls(), [], framing)
+            self.assertEqual(len(received), MESSAGES_PER_TURN, framing)
+
+    def test_closedWhileHeld(self) -> None:
+        """A connection closed while messages are held delivers no more and does not read again."""
+        for framing in self.framings:
+            protocol, transport, clock, received, _ = self.receiver(framing)
+            protocol.dataReceived(self.flood(framing, 3 * MESSAGES_PER_TURN)[0])
+            protocol.close()
+            turn(clock)
+            self.assertEqual(len(received), MESSAGES_PER_TURN, framing)
+            self.assertEqual(clock.getDelayedCalls(), [], framing)
+            self.assertEqual(transport.producerState, "paused", framing)
+
+    def test_moreDataWhileHeld(self) -> None:
+        """Data that arrives while messages are held (TLS hands a read over in pieces) waits its turn and keeps its order."""
+        for framing in self.framings:
+            protocol, transport, clock, received, _ = self.receiver(framing)
+            wire, messages = self.flood(framing, 2 * MESSAGES_PER_TURN)
+            cut = len(wire) * 3 // 4 + 1  # inside a message
+            protocol.dataReceived(wire[:cut])
+            protocol.dataReceived(wire[cut:] + frame(framing, b"last"))
+            self.assertEqual(len(received), MESSAGES_PER_TURN, framing)
+            turn(clock)
+            self.assertEqual(len(received), 2 * MESSAGES_PER_TURN, framing)
+            turn(clock)
+            self.assertEqual(received, messages + [b"last"], framing)
+            self.assertEqual(transport.producerState, "producing", framing)
+
+    def test_messageTimeoutAcrossTurns(self) -> None:
+        """With --message-timeout, held whole messages are not taken for an unfinished one, while an unfinished one behind them is timed from its arrival."""
+        for framing in self.framings:
+            protocol, transport, clock, received, _ = self.receiver(framing, messageTimeout=5)
+            wire, messages = self.flood(framing, 2 * MESSAGES_PER_TURN)
+            protocol.dataReceived(wire)
+            turn(clock)
+            clock.advance(10)
+            self.assertEqual(received, messages, framing)
+            self.assertFalse(transport.disconnected, framing)
+
+            protocol, transport, clock, received, _ = self.receiver(framing, messageTimeout=5)
+            partial = frame(framing, b"unfinished")[:-1]
+            protocol.dataReceived(wire + partial)
+            turn(clock)
+            clock.advance(4.9)
+            self.assertEqual(received, messages, framing)
+            self.assertFalse(transport.disconnected, framing)
+            clock.advance(0.1)
+            self.assertTrue(transport.disconnected, framing)

@@ -1,23 +1,29 @@
 """
 Load, end to end: a real C{twistd} echo server and 2,000 concurrent clients
-driven from the test with non-blocking sockets, counting every message.
+driven from the test with non-blocking sockets, counting every message;
+3,000 clients connecting at once to a server with default options; and 400
+at once to a server that may open only 256 files.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import re
 import resource
 import selectors
 import socket
 import time
 import urllib.request
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 from twisted.logger import Logger
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from .processes import WAIT, Twistd, assertCleanLog
+from tcpcomm.descriptors import HEADROOM
+
+from .processes import WAIT, Twistd, assertCleanLog, localServer
 
 ADMIN_PORT = r"listening on 127\.0\.0\.1:(\d+) \(admin API"
 CLIENTS = 2000
@@ -267,3 +273,218 @@ class LoadTests(SynchronousTestCase):
             if time.monotonic() > deadline:
                 self.fail(f"not {what} within {timeout} s")
             time.sleep(0.2)
+
+
+AT_ONCE = 3000
+#: The default --reply-delay is 5 s: each client must be answered within 10 s
+#: of connecting.
+ANSWERED_WITHIN = 10.0
+
+
+class BacklogTests(SynchronousTestCase):
+    """
+    Thousands of clients connecting at the same moment, as after a restart.
+    """
+
+    def test_threeThousandAtOnce(self) -> None:
+        """3,000 clients that connect at once to a server with default options (but its port and interface) are each answered within 10 s of connecting."""
+        raiseFileLimit(self, AT_ONCE + 256)
+        server = localServer(self)
+        port = server.listeningPort()
+        selector = selectors.DefaultSelector()
+        self.addCleanup(selector.close)
+        socks: dict[socket.socket, float] = {}
+
+        def closeAll() -> None:
+            for sock in socks:
+                sock.close()
+
+        self.addCleanup(closeAll)
+        for _ in range(AT_ONCE):
+            sock = socket.socket()
+            sock.setblocking(False)
+            socks[sock] = time.monotonic()
+            code = sock.connect_ex(("127.0.0.1", port))
+            self.assertIn(code, (0, errno.EINPROGRESS))
+            selector.register(sock, selectors.EVENT_WRITE, b"")
+        answered: dict[socket.socket, float] = {}
+        deadline = time.monotonic() + ANSWERED_WITHIN
+        while len(answered) < AT_ONCE and time.monotonic() < deadline:
+            for key, events in selector.select(timeout=0.2):
+                sock = cast(socket.socket, key.fileobj)
+                if events & selectors.EVENT_WRITE:
+                    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    self.assertEqual(error, 0, errno.errorcode.get(error))
+                    sock.send(b"hi\n")
+                    selector.modify(sock, selectors.EVENT_READ, b"")
+                    continue
+                data = key.data + sock.recv(4096)
+                self.assertNotEqual(data, key.data, "closed by the server")
+                if data.endswith(b"\n"):
+                    self.assertTrue(data.startswith(b"response from server "), data)
+                    answered[sock] = time.monotonic()
+                    selector.unregister(sock)
+                else:
+                    selector.modify(sock, selectors.EVENT_READ, data)
+        late = sorted(
+            answered[s] - socks[s] for s in answered if answered[s] - socks[s] > ANSWERED_WITHIN
+        )
+        self.assertEqual(
+            (AT_ONCE - len(answered), late),
+            (0, []),
+            f"{AT_ONCE - len(answered)} of {AT_ONCE} unanswered after {ANSWERED_WITHIN} s",
+        )
+        slowest = max(answered[s] - socks[s] for s in answered)
+        Logger().info(
+            "3,000 at once: slowest answered {slowest:.1f} s after connecting", slowest=slowest
+        )
+        assertCleanLog(self, server.output())
+
+
+FILES = 256  # the server's RLIMIT_NOFILE, soft and hard
+DIALS = 400
+ADMIN_CONNECTIONS = 64  # --admin-max-connections' default
+
+
+def metric(port: int, name: str) -> float:
+    """
+    One sample of the admin API's /metrics at C{port}.
+    """
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=WAIT) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+def dialAll(port: int, count: int) -> list[socket.socket]:
+    """
+    C{count} non-blocking connections to C{port}, all begun at once.
+    """
+    socks = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.setblocking(False)
+        code = sock.connect_ex(("127.0.0.1", port))
+        if code not in (0, errno.EINPROGRESS):
+            raise AssertionError(f"connect: {errno.errorcode.get(code)}")
+        socks.append(sock)
+    return socks
+
+
+def refusals(socks: list[socket.socket], expected: int) -> dict[socket.socket, bytes]:
+    """
+    Read C{socks} until C{expected} of them were closed by the server (within
+    C{WAIT} seconds); what each of those received.
+    """
+    selector = selectors.DefaultSelector()
+    received = {sock: b"" for sock in socks}
+    closed: dict[socket.socket, bytes] = {}
+    for sock in socks:
+        selector.register(sock, selectors.EVENT_READ)
+    deadline = time.monotonic() + WAIT
+    try:
+        while len(closed) < expected and time.monotonic() < deadline:
+            for key, _ in selector.select(timeout=0.2):
+                sock = cast(socket.socket, key.fileobj)
+                try:
+                    data = sock.recv(4096)
+                except BlockingIOError:
+                    continue
+                except ConnectionResetError:
+                    data, received[sock] = b"", received[sock] + b"<reset>"
+                if data:
+                    received[sock] += data
+                else:
+                    closed[sock] = received[sock]
+                    selector.unregister(sock)
+    finally:
+        selector.close()
+    if len(closed) < expected:
+        raise AssertionError(f"{len(closed)} of {expected} refused within {WAIT} s")
+    return closed
+
+
+def echoes(socks: list[socket.socket]) -> None:
+    """
+    Each of C{socks} gets its own line echoed back.
+    """
+    for i, sock in enumerate(socks):
+        sock.setblocking(True)
+        sock.settimeout(WAIT)
+        sock.sendall(b"still here %d\n" % i)
+    for i, sock in enumerate(socks):
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise AssertionError(f"connection {i} closed after {line!r}")
+            line += chunk
+        if line != b"still here %d\n" % i:
+            raise AssertionError(f"connection {i} got {line!r}")
+
+
+class FileLimitTests(SynchronousTestCase):
+    """
+    A server whose open-file limit cannot hold --max-connections.
+    """
+
+    def test_fourHundredUnder256(self) -> None:
+        """Of 400 connections at once to a server under ulimit -n 256, those over the limit it lowers itself to get --full-reply and are counted, the others are answered, and room comes back as clients leave."""
+        raiseFileLimit(self, DIALS + 256)
+
+        def limitFiles() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (FILES, FILES))
+
+        server = localServer(
+            self,
+            "--handler",
+            "echo",
+            "--admin",
+            "tcp:0:interface=127.0.0.1",
+            preexec=limitFiles,
+        )
+        port = server.listeningPort()
+        admin = int(server.waitFor(ADMIN_PORT).group(1))
+        allowed = int(server.waitFor(r"accepting at most (\d+) clients").group(1))
+        self.assertEqual(allowed, FILES - ADMIN_CONNECTIONS - HEADROOM)
+
+        socks = dialAll(port, DIALS)
+
+        def closeAll() -> None:
+            for sock in socks:
+                sock.close()
+
+        self.addCleanup(closeAll)
+        refused = refusals(socks, DIALS - allowed)
+        self.assertEqual(len(refused), DIALS - allowed)
+        # Each got the one line, then the end of the stream (not a reset).
+        full = re.compile(rb"server full [0-9: -]+\n")
+        wrong = [data for data in refused.values() if not full.fullmatch(data)]
+        self.assertEqual(wrong, [])
+        kept = [sock for sock in socks if sock not in refused]
+        echoes(kept)
+        self.assertEqual(len(getJSON(admin, "/clients")), allowed)
+        self.assertEqual(metric(admin, "tcpcomm_refused_connections_total"), DIALS - allowed)
+
+        # Room again once clients leave: as many are accepted, one more is not.
+        for sock in kept[:20]:
+            sock.close()
+        deadline = time.monotonic() + WAIT
+        while len(getJSON(admin, "/clients")) > allowed - 20:
+            self.assertLess(time.monotonic(), deadline, "the 20 not gone")
+            time.sleep(0.05)
+        again = dialAll(port, 21)
+        socks.extend(again)
+        last = refusals(again, 1)
+        self.assertEqual([bool(full.fullmatch(data)) for data in last.values()], [True])
+        echoes([sock for sock in again if sock not in last] + kept[20:])
+        self.assertEqual(metric(admin, "tcpcomm_refused_connections_total"), DIALS - allowed + 1)
+
+        output = server.output()
+        self.assertNotIn("EMFILE", output)
+        # Refusals are logged at most once per 10 s for the server (the
+        # metric above counts each).
+        self.assertEqual(len(re.findall(r"refusing 127\.0\.0\.1:\d+: ", output)), 1)
+        assertCleanLog(self, output)

@@ -6,6 +6,7 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from tcpcomm.options import Options
+from tcpcomm.server import systemBacklog
 from tcpcomm.templates import Template
 
 
@@ -21,16 +22,17 @@ class DefaultsTests(SynchronousTestCase):
     """
 
     def test_server(self) -> None:
-        """The server listens on 9527 on every IPv4 address and replies after 5 s."""
+        """The server listens on 9527 on every IPv4 address, with the system's longest backlog, and replies after 5 s."""
         sub = parse("server").subOptions
+        backlog = systemBacklog()
         self.assertEqual(
             (sub["port"], sub["interface"], sub["backlog"], sub["reply-delay"], sub["framing"]),
-            (9527, "", 50, 5.0, "line"),
+            (9527, "", backlog, 5.0, "line"),
         )
         self.assertEqual((sub["encoding"], sub["max-message-size"]), ("utf-8", 65536))
         self.assertEqual(sub["reply"].text, "response from server {time}")
         self.assertEqual(sub["error-reply"].text, "server error {time}")
-        self.assertEqual(sub.listenDescriptions(), ["tcp:port=9527:backlog=50:interface="])
+        self.assertEqual(sub.listenDescriptions(), [f"tcp:port=9527:backlog={backlog}:interface="])
 
     def test_client(self) -> None:
         """The client reaches 127.0.0.1:9527 and backs off from 1 s to 30 s."""
@@ -59,7 +61,9 @@ class ValuesTests(SynchronousTestCase):
     def test_shortOptions(self) -> None:
         """-p and -i on the server, -h and -p on the client."""
         self.assertEqual(
-            parse("server", "-p", "0", "-i", "::").subOptions.listenDescriptions(),
+            parse(
+                "server", "-p", "0", "-i", "::", "--backlog", "50"
+            ).subOptions.listenDescriptions(),
             [r"tcp:port=0:backlog=50:interface=\:\:"],
         )
         sub = parse("client", "-h", "::1", "-p", "1").subOptions

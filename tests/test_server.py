@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
@@ -15,10 +16,17 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from tcpcomm.descriptors import DescriptorBudget
+from tcpcomm.options import Options
 from tcpcomm.registry import PeerRegistry
-from tcpcomm.server import DisconnectAllService, listeningService, makeServerService
+from tcpcomm.server import (
+    DisconnectAllService,
+    listeningService,
+    makeServerService,
+    systemBacklog,
+)
 
-from .support import connect, makeHub
+from .support import FakeFileLimit, connect, makeHub
 
 
 class DisconnectAllServiceTests(SynchronousTestCase):
@@ -109,6 +117,8 @@ class MakeServerServiceTests(SynchronousTestCase):
             registry,
             reactor,
             10,
+            0,
+            FakeFileLimit(),
         )
         self.assertEqual(reactor.tcpServers, [])
         with capturedLogs() as events:
@@ -126,10 +136,44 @@ class MakeServerServiceTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         protocol, transport, _, factory = connect()
         registry = factory.hub.registry
-        service = makeServerService(listeners(reactor, "tcp:9527"), factory, registry, reactor, 10)
+        service = makeServerService(
+            listeners(reactor, "tcp:9527"), factory, registry, reactor, 10, 0, FakeFileLimit()
+        )
         children = list(service)
-        self.assertIsInstance(children[0], DisconnectAllService)
-        self.assertEqual(len(children), 2)
+        self.assertEqual([type(c) for c in children[:2]], [DescriptorBudget, DisconnectAllService])
+        self.assertEqual(len(children), 3)
         service.startService()
         service.stopService()
         self.assertTrue(transport.disconnecting)
+
+
+class SystemBacklogTests(SynchronousTestCase):
+    """
+    The default --backlog is the longest the system allows.
+    """
+
+    def write(self, text: str) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_somaxconn(self) -> None:
+        """Linux's net.core.somaxconn is read from its /proc file."""
+        self.assertEqual(systemBacklog(self.write("4096\n")), 4096)
+
+    def test_fallback(self) -> None:
+        """Without a readable number there, Python's socket.SOMAXCONN is used."""
+        self.assertEqual(systemBacklog(self.mktemp()), socket.SOMAXCONN)
+        self.assertEqual(systemBacklog(self.write("lots\n")), socket.SOMAXCONN)
+
+    def test_portOnly(self) -> None:
+        """The default applies to --port; --listen strings keep their own backlog."""
+        options = Options()
+        options.parseOptions(["server", "--listen", "tcp:9527", "--listen", "tcp:9528:backlog=7"])
+        self.assertEqual(
+            options.subOptions.listenDescriptions(), ["tcp:9527", "tcp:9528:backlog=7"]
+        )
+        options = Options()
+        options.parseOptions(["server"])
+        self.assertIn(f":backlog={systemBacklog()}:", options.subOptions.listenDescriptions()[0])

@@ -21,6 +21,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from tcpcomm.options import Options
 
 from .processes import (
+    BIN,
     TWISTD,
     WAIT,
     Twistd,
@@ -40,8 +41,14 @@ ACTIVATED = "tcpcomm-server-activated.service"
 CLIENT = "tcpcomm-client@.service"
 ALL = (SERVER, SOCKET, ACTIVATED, CLIENT)
 SERVICES = (SERVER, ACTIVATED, CLIENT)
-INSTALLED_TWISTD = "/opt/tcpcomm/bin/twistd"
+INSTALLED_BIN = "/opt/tcpcomm/bin/"
+INSTALLED_TWISTD = INSTALLED_BIN + "twistd"
 INSTANCE = "127.0.0.1"  # what %i stands for when a test reads the client template
+# Where the units read their settings, and the examples shipped beside them.
+CONFIGS = {
+    "/etc/tcpcomm/server.toml": os.path.join(UNITS, "server.toml"),
+    "/etc/tcpcomm/client.toml": os.path.join(UNITS, "client.toml"),
+}
 
 # After a clean shutdown on SIGTERM, twistd re-raises the signal so that its
 # parent sees how it ended: the exit status is -SIGTERM (0 on older Twisted).
@@ -71,17 +78,25 @@ def readUnit(name: str) -> dict[str, dict[str, list[str]]]:
     return sections
 
 
+def commandWords(name: str, command: str) -> list[str]:
+    """
+    A unit's command line split into words, with C{%i} as L{INSTANCE},
+    C{%%} as C{%}, and each config file as the example shipped for it.
+    """
+    command = command.lstrip("-@:+!")
+    unknown = re.findall(r"%[^i%]", command)
+    assert not unknown, f"{name}: specifiers this test does not know: {unknown}"
+    words = shlex.split(command.replace("%i", INSTANCE).replace("%%", "%"))
+    return [CONFIGS.get(word, word) for word in words]
+
+
 def execStart(name: str) -> list[str]:
     """
-    The one C{ExecStart=} command line of a service, split into words, with
-    C{%i} as L{INSTANCE} and C{%%} as C{%}.
+    The one C{ExecStart=} command line of a service, as L{commandWords}.
     """
     commands = readUnit(name)["Service"]["ExecStart"]
     assert len(commands) == 1, f"{name}: {commands!r}"
-    command = commands[0].lstrip("-@:+!")
-    unknown = re.findall(r"%[^i%]", command)
-    assert not unknown, f"{name}: specifiers this test does not know: {unknown}"
-    return shlex.split(command.replace("%i", INSTANCE).replace("%%", "%"))
+    return commandWords(name, commands[0])
 
 
 def tcpcommArguments(name: str) -> tuple[list[str], list[str]]:
@@ -242,6 +257,30 @@ class SocketActivationTests(SynchronousTestCase):
         self.assertIn(f"listening on 127.0.0.1:{port} (systemd:domain=INET:name=tcpcomm)", log)
         self.assertRegex(log, r"message from 127\.0\.0\.1:\d+: hi\n")
 
+    def test_activatedUnitReload(self) -> None:
+        """The activated unit's ExecReload commands, run as systemd would, reload the running server."""
+        port = freePort6()
+        twistdArgs, args = tcpcommArguments(ACTIVATED)
+        process = Activated(
+            self, f"[::1]:{port}", *twistdArgs, "tcpcomm", *args, "--reply-delay", "0"
+        )
+        with process.dial(socket.AF_INET6, "::1", port) as sock:
+            sock.sendall(b"hi\n")
+            sock.settimeout(WAIT)
+            self.assertRegex(sock.recv(100), REPLY)
+            for command in readUnit(ACTIVATED)["Service"]["ExecReload"]:
+                words = commandWords(ACTIVATED, command.replace("$MAINPID", str(process.pid)))
+                words[0] = words[0].replace(INSTALLED_BIN, BIN + os.sep)
+                result = subprocess.run(
+                    words, env=environment(), capture_output=True, text=True, timeout=WAIT
+                )
+                self.assertEqual(result.returncode, 0, result)
+            process.waitFor("reloaded settings: nothing changed")
+            sock.sendall(b"again\n")
+            self.assertRegex(sock.recv(100), REPLY)
+        self.assertIn(process.stop(), STOPPED)
+        assertCleanLog(self, process.output())
+
     def test_activatedUnitCommand(self) -> None:
         """The activated unit's own command line serves an IPv6 socket, the domain it names."""
         port = freePort6()
@@ -262,8 +301,8 @@ class VerifyTests(SynchronousTestCase):
     def verify(self, *names: str, edit: tuple[str, str] | None = None) -> tuple[int, str]:
         """
         Run C{systemd-analyze verify} on copies of the units C{names}, with
-        the installed twistd's path replaced by this one (verify checks that
-        C{ExecStart=} is executable) and C{edit}, a C{(old, new)} text
+        the installed programs' folder replaced by this one (verify checks
+        that each command is executable) and C{edit}, a C{(old, new)} text
         replacement, applied; its exit code and output.
         """
         analyze = shutil.which("systemd-analyze")
@@ -272,7 +311,7 @@ class VerifyTests(SynchronousTestCase):
         folder = scratch(self)
         for name in names:
             with open(os.path.join(UNITS, name), encoding="utf-8") as f:
-                text = f.read().replace(INSTALLED_TWISTD, TWISTD)
+                text = f.read().replace(INSTALLED_BIN, BIN + os.sep)
             if edit is not None:
                 text = text.replace(*edit)
             with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
@@ -360,6 +399,43 @@ class ExecStartTests(SynchronousTestCase):
         # A bare port or [address]:port is an IPv6 socket; a.b.c.d:port is IPv4.
         ipv4 = re.fullmatch(r"\d+\.\d+\.\d+\.\d+:\d+", listenStream) is not None
         self.assertEqual(arguments, {"domain": "INET" if ipv4 else "INET6", "name": fdName})
+
+    def test_config(self) -> None:
+        """Each service reads its side's config file, and the example shipped for it passes check-config."""
+        for name in SERVICES:
+            _, args = tcpcommArguments(name)
+            side = args[0]
+            self.assertEqual(args[1:3], ["--config", CONFIGS[f"/etc/tcpcomm/{side}.toml"]], name)
+            result = subprocess.run(
+                [os.path.join(BIN, "tcpcomm"), "check-config", args[2]],
+                env=environment(),
+                capture_output=True,
+                text=True,
+                timeout=WAIT,
+                stdin=subprocess.DEVNULL,
+            )
+            self.assertEqual((result.returncode, result.stderr), (0, ""), name)
+
+    def test_execReload(self) -> None:
+        """Reloading checks the config file the service reads, then sends it SIGHUP."""
+        for name in SERVICES:
+            commands = readUnit(name)["Service"]["ExecReload"]
+            _, args = tcpcommArguments(name)
+            self.assertEqual(
+                [commandWords(name, c) for c in commands],
+                [
+                    [INSTALLED_BIN + "tcpcomm", "check-config", args[2]],
+                    ["/bin/kill", "-HUP", "$MAINPID"],
+                ],
+                name,
+            )
+
+    def test_limitNOFILE(self) -> None:
+        """Servers may open a descriptor for every connection they allow, and then some."""
+        for name in (SERVER, ACTIVATED):
+            [limit] = readUnit(name)["Service"]["LimitNOFILE"]
+            maxConnections = parsedOptions(self, name).subOptions["max-connections"]
+            self.assertGreater(int(limit), maxConnections + 1000, name)
 
     def test_stopTimeoutAboveShutdownTimeout(self) -> None:
         """systemd waits longer to stop a server than the server waits for its peers."""
