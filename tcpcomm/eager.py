@@ -6,15 +6,14 @@ bytes can go to the socket straight away, and only what the kernel does not
 take is queued the usual way.
 
 This reads C{twisted.internet.tcp.Connection}'s private buffer attributes;
-everything that does is in this module. L{eagerWriter} falls back to plain
-C{transport.write} for any other transport (TLS, test doubles) and for a
+everything that does is in this module. Callers use plain C{transport.write}
+for any transport L{canWriteEagerly} refuses (TLS, test doubles) and for a
 Twisted whose connections no longer look as expected, and
 C{tests/test_eager.py} fails loudly when a Twisted release changes them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
@@ -29,25 +28,24 @@ ATTRIBUTES = (
     "_writeDisconnected",
 )
 
-Write = Callable[[bytes], None]
 
-
-def eagerWriter(transport: Any) -> Write:
+def canWriteEagerly(transport: Any) -> bool:
     """
-    A function that writes to C{transport}: to its socket at once where it
-    can, else C{transport.write}.
+    Whether L{writeEagerly} may write to C{transport}: a plain TCP or UNIX
+    connection of a Twisted that still looks as this module expects.
     """
-    if (
+    return (
         isinstance(transport, tcp.Connection)
         and not getattr(transport, "TLS", False)  # startTLS'd: bytes go through the TLS layer
         and all(hasattr(transport, name) for name in ATTRIBUTES)
-    ):
-        return lambda data: _send(transport, data)
-    write: Write = transport.write
-    return write
+    )
 
 
-def _send(transport: tcp.Connection, data: bytes) -> None:
+def writeEagerly(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} to C{transport} (one L{canWriteEagerly} accepted): to its
+    socket at once when nothing is queued, else behind what is.
+    """
     if (
         transport.dataBuffer
         or transport._tempDataLen

@@ -39,18 +39,22 @@ class Texts:
     fullReply: Template | None = None
 
 
+#: The traffic counters each session keeps, which the side's totals add up.
+TRAFFIC = ("messagesIn", "messagesOut", "bytesIn", "bytesOut")
+
+
 class Stats:
     """
-    Running totals for the metrics; plain integers, since every message
-    passes through here.
+    Running totals for the metrics: plain integers for the rare events,
+    and for the traffic, the sum of each session's own counters (those of
+    sessions gone, plus those connected, added up when read), so that a
+    message costs the side's totals nothing.
     """
 
     __slots__ = (
+        "_registry",
+        "_retired",
         "connectionsTotal",
-        "messagesIn",
-        "messagesOut",
-        "bytesIn",
-        "bytesOut",
         "decodeErrors",
         "oversized",
         "framingErrors",
@@ -63,12 +67,10 @@ class Stats:
         "handshakeEvictions",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, registry: PeerRegistry) -> None:
+        self._registry = registry
+        self._retired = dict.fromkeys(TRAFFIC, 0)
         self.connectionsTotal = 0
-        self.messagesIn = 0
-        self.messagesOut = 0
-        self.bytesIn = 0
-        self.bytesOut = 0
         self.decodeErrors = 0
         self.oversized = 0
         self.framingErrors = 0
@@ -79,6 +81,33 @@ class Stats:
         self.heartbeatsIn = 0
         self.handshakeTimeouts = 0
         self.handshakeEvictions = 0
+
+    def retire(self, session: Session) -> None:
+        """
+        C{session} is ending: keep its traffic in the totals.
+        """
+        retired = self._retired
+        for name in TRAFFIC:
+            retired[name] += getattr(session, name)
+
+    def _total(self, name: str) -> int:
+        return self._retired[name] + sum(getattr(s, name) for s in self._registry)
+
+    @property
+    def messagesIn(self) -> int:
+        return self._total("messagesIn")
+
+    @property
+    def messagesOut(self) -> int:
+        return self._total("messagesOut")
+
+    @property
+    def bytesIn(self) -> int:
+        return self._total("bytesIn")
+
+    @property
+    def bytesOut(self) -> int:
+        return self._total("bytesOut")
 
 
 #: A watcher of the traffic and of peers coming and going: called with
@@ -104,7 +133,7 @@ class Hub:
         #: Whether each message received is logged (C{--no-message-log}).
         self.logMessages = logMessages
         self.registry = PeerRegistry()
-        self.stats = Stats()
+        self.stats = Stats(self.registry)
         self.watchers: list[Watcher] = []
         #: Warnings peers can repeat at will, at most one line per 10 s:
         #: undecodable messages per peer; refused connections and connections
@@ -130,31 +159,23 @@ class Hub:
         self.registry.add(session)
         self.stats.connectionsTotal += 1
         if self.watchers:
-            self._notify("connected", session, "")
+            self.notify("connected", session, "")
         self._call("connected", session)
 
-    def messageReceived(self, session: Session, text: str) -> None:
-        if self.watchers:
-            self._notify("in", session, text)
-        # Called directly, not through _call: every message comes this way.
-        try:
-            self.handler.messageReceived(session, text)
-        except Exception:
-            self._failed("messageReceived", session)
-
     def sessionEnded(self, session: Session, reason: Failure) -> None:
+        self.stats.retire(session)
         self.registry.remove(session)
         if self.watchers:
-            self._notify("lost", session, reason.getErrorMessage())
+            self.notify("lost", session, reason.getErrorMessage())
         self._call("disconnected", session, reason)
 
     def _call(self, method: str, session: Session, *args: Any) -> None:
         try:
             getattr(self.handler, method)(session, *args)
         except Exception:
-            self._failed(method, session)
+            self.failed(method, session)
 
-    def _failed(self, method: str, session: Session) -> None:
+    def failed(self, method: str, session: Session) -> None:
         """
         The handler raised in C{method}: log it with its traceback, count it,
         and carry on (called from within the C{except} block).
@@ -172,9 +193,9 @@ class Hub:
         """
         Tell the watchers about a message sent (C{"out"}).
         """
-        self._notify(direction, session, message.decode(self.texts.encoding, "replace"))
+        self.notify(direction, session, message.decode(self.texts.encoding, "replace"))
 
-    def _notify(self, direction: str, session: ISession, text: str) -> None:
+    def notify(self, direction: str, session: ISession, text: str) -> None:
         for watcher in list(self.watchers):
             watcher(direction, session, text)
 
@@ -195,8 +216,13 @@ class Hub:
         many got it.
         """
         sent = 0
+        framed: dict[type, bytes] = {}  # framed once per framing, for everyone
         for session in self.registry:
             if session is not exclude:
-                session.sendBytes(message)
+                kind = type(session.peer)
+                frame = framed.get(kind)
+                if frame is None:
+                    frame = framed[kind] = session.peer.frame(message)
+                session.sendFramed(frame, message)
                 sent += 1
         return sent

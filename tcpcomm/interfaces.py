@@ -13,10 +13,21 @@ class IPeer(Interface):
 
     id = Attribute("A stable text id of the peer, such as C{'127.0.0.1:40522'}.")
     tlsSubject = Attribute("Common name of the peer's TLS certificate, or L{None}.")
+    closing = Attribute("Whether L{close} or L{abort} was called: nothing more is read.")
+
+    def frame(message: bytes) -> bytes:
+        """
+        C{message} as the framing puts it on the wire.
+        """
 
     def sendMessage(message: bytes) -> None:
         """
         Send one message; the framing adds its delimiter or length prefix.
+        """
+
+    def sendFramed(data: bytes) -> None:
+        """
+        Send bytes already framed with L{frame}.
         """
 
     def close() -> None:
@@ -43,6 +54,12 @@ class IConversation(Interface):
     def messageReceived(message: bytes) -> None:
         """
         One whole message, with the framing removed, arrived from the peer.
+        """
+
+    def messagesReceived(messages: list[bytes], now: float) -> None:
+        """
+        The whole messages of one read, in order, which arrived at C{now}
+        (seconds since the epoch); the framing calls this, once per read.
         """
 
     def inputEnded() -> None:
@@ -90,6 +107,11 @@ class ISession(Interface):
         Close the connection once what was sent has been written.
         """
 
+    def abort() -> None:
+        """
+        Drop the connection at once, discarding anything not yet written.
+        """
+
 
 class IHub(Interface):
     """
@@ -112,6 +134,12 @@ class IHub(Interface):
     def broadcast(text: str, exclude: ISession | None = None) -> int:
         """
         Send C{text} to every session but C{exclude}; return how many got it.
+        """
+
+    def broadcastBytes(message: bytes, exclude: ISession | None = None) -> int:
+        """
+        Send an encoded message to every session but C{exclude}, framed once
+        for all; return how many got it.
         """
 
 

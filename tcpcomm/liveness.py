@@ -41,12 +41,15 @@ def tcpSocket(transport: Any) -> socket.socket | None:
 
 def tuneSocket(sock: socket.socket, keepalive: float, heartbeat: float) -> None:
     """
-    Turn on TCP keep-alive (first probe after C{keepalive} idle seconds,
+    Turn off Nagle's algorithm, turn on TCP keep-alive (first probe after C{keepalive} idle seconds,
     then two more a third of that apart); with heartbeats, have the kernel
     drop the connection when sent data stays unacknowledged for one
     heartbeat interval, which is how a peer that vanished without a FIN is
     noticed within two intervals.
     """
+    # Replies leave as one write per read already (see FramedProtocol):
+    # Nagle's algorithm would only hold them back for the peer's delayed ACK.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if keepalive > 0:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         if hasattr(socket, "TCP_KEEPIDLE"):
@@ -103,11 +106,12 @@ class Watchdog:
         if idleTimeout > 0:
             self._wakeAt(self.lastData + idleTimeout)
 
-    def received(self, partial: bool) -> None:
+    def received(self, partial: bool, now: float) -> None:
         """
-        Bytes arrived; C{partial} if a message is now begun but unfinished.
+        Bytes arrived at C{now}; C{partial} if a message is now begun but
+        unfinished.
         """
-        now = self.lastData = self._clock.seconds()
+        self.lastData = now
         if not partial:
             self.partialSince = None
         elif self.partialSince is None:

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tcpcomm.eager import canWriteEagerly, writeEagerly
 from tcpcomm.interfaces import IConversation, IPeer
 from tcpcomm.liveness import Watchdog, tcpSocket, tuneSocket
 from tcpcomm.registry import addressText
@@ -42,6 +43,13 @@ log = Logger()
 #: 1,024 empty lines or int32 messages takes 0.2-0.6 ms (netstrings, which
 #: Twisted's receiver copies the rest of the read for each, about 4 ms).
 MESSAGES_PER_TURN = 1024
+
+#: What a framing's C{split} makes of the bytes at hand: the whole messages
+#: in them (at most L{MESSAGES_PER_TURN}), the bytes left for later, whether
+#: it stopped at that bound, and 0, or the size of a message over
+#: C{--max-message-size}, or -1 for bytes that break the framing (the
+#: messages before them still count).
+Split = tuple[list[bytes], bytes, bool, int]
 
 
 @dataclass(frozen=True)
@@ -72,10 +80,11 @@ class Limits:
 @implementer(IPeer, IHalfCloseableProtocol, IHandshakeListener, IPushProducer)
 class FramedProtocol(Protocol):
     """
-    Base of every framing: a framing subclass turns bytes into messages and
-    hands each to C{self.conversation.messageReceived}, and implements
-    L{sendMessage} (calling L{overdue} while the transport is full) and
-    L{frame}; this class does the rest.
+    Base of every framing: a framing subclass implements L{split} and
+    L{frame}; this class does the rest. Each read goes to the conversation
+    as one list of messages, and the replies written while it handles them
+    leave as one write, straight to the socket when nothing is queued (see
+    L{tcpcomm.eager}).
 
     It is also the producer of what it writes: when the transport's buffer
     fills because the peer does not read, the transport pauses it, and it
@@ -87,7 +96,7 @@ class FramedProtocol(Protocol):
     transport: ITransport
     id: str = "?"
     conversation: IConversation
-    MAX_LENGTH: int
+    maxMessageSize: int
     #: Over TLS: whether the handshake completed, and the common name of the
     #: certificate the peer presented (L{None} if it presented none).
     secured: bool = False
@@ -96,9 +105,15 @@ class FramedProtocol(Protocol):
     writePaused: bool = False
     pendingBytes: int = 0
     watchdog: Watchdog | None = None
-    #: Bytes a framing's receiver counts beyond the message (see LineFraming).
-    slack = 0
     unregistered: bool = False
+    #: Set by L{close} and L{abort}: what is still to be read goes unread.
+    closing: bool = False
+    #: Whether writes may go straight to the socket (L{tcpcomm.eager}).
+    eager: bool = False
+    #: What arrived after the last whole message.
+    _buffer: bytes = b""
+    #: While a read's messages are handled: the replies, written as one.
+    _cork: list[bytes] | None = None
     #: Whether the connection can carry messages, and so has its conversation
     #: (over TLS: once the handshake completed).
     isReady: bool = False
@@ -120,11 +135,68 @@ class FramedProtocol(Protocol):
         """
         raise NotImplementedError()
 
+    def split(self, data: bytes) -> Split:
+        """
+        The messages in C{data}: everything that arrived and is not yet
+        taken (see L{Split}).
+        """
+        raise NotImplementedError()
+
     def hasPartial(self) -> bool:
         """
         Whether a message has begun to arrive but is not complete.
         """
-        return False
+        return bool(self._buffer)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return  # the rest of a read goes with a closed connection
+        if self.inputHeld:
+            self._buffer += data  # taken with the held messages, turn by turn
+            return
+        self._take(self._buffer + data if self._buffer else data)
+
+    def _take(self, data: bytes) -> None:
+        messages, self._buffer, bounded, error = self.split(data)
+        watchdog = self.watchdog
+        if messages or watchdog is not None:
+            now = self.factory.clock.seconds()
+            if messages:
+                self._cork = cork = []  # type: list[bytes]
+                self.conversation.messagesReceived(messages, now)
+                self._cork = None
+                if cork:
+                    self._send(cork[0] if len(cork) == 1 else b"".join(cork))
+            if watchdog is not None:
+                watchdog.received(bool(self._buffer), now)
+        if error > 0:
+            self.tooLong(error)
+        elif error < 0:
+            self.badFraming()
+        elif bounded:
+            self.holdInput()
+
+    def sendMessage(self, message: bytes) -> None:
+        self.sendFramed(self.frame(message))
+
+    def sendFramed(self, data: bytes) -> None:
+        """
+        Send C{data}, already framed: with the other replies to the read
+        being handled, if one is, else now.
+        """
+        cork = self._cork
+        if cork is not None:
+            cork.append(data)
+        else:
+            self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        if self.eager:
+            writeEagerly(self.transport, data)
+        else:
+            self.transport.write(data)
+        if self.writePaused:
+            self.overdue(len(data))
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -134,6 +206,8 @@ class FramedProtocol(Protocol):
         sock = tcpSocket(self.transport)
         if sock is not None:
             tuneSocket(sock, limits.keepalive, limits.heartbeat)
+        if canWriteEagerly(self.transport):
+            self.eager = True
         if ISSLTransport.providedBy(self.transport):
             factory.peerWaiting(self, "the TLS handshake")  # until handshakeCompleted
         else:
@@ -153,7 +227,7 @@ class FramedProtocol(Protocol):
         if limits.watched or limits.heartbeat > 0:
             self.watchdog = Watchdog(
                 self,
-                factory.hub.clock,
+                factory.clock,
                 limits.idleTimeout,
                 limits.messageTimeout,
                 limits.heartbeat,
@@ -220,15 +294,14 @@ class FramedProtocol(Protocol):
             self.inputHeld = True
             self.transport.pauseProducing()  # type: ignore[attr-defined]
         if self._nextBatch is None:
-            self._nextBatch = self.factory.hub.clock.callLater(0, self._takeNextBatch)
+            self._nextBatch = self.factory.clock.callLater(0, self._takeNextBatch)
 
     def _takeNextBatch(self) -> None:
         self._nextBatch = None
         transport = self.transport
         if transport.disconnecting:  # type: ignore[attr-defined]
             return
-        # Through dataReceived, so that the watchdog sees what is left.
-        self.dataReceived(b"")
+        self._take(self._buffer)
         if self._nextBatch is not None or transport.disconnecting:  # type: ignore[attr-defined]
             return
         self.inputHeld = False
@@ -283,32 +356,31 @@ class FramedProtocol(Protocol):
         )
         self.close()
 
-    def sendMessage(self, message: bytes) -> None:
-        raise NotImplementedError()
+    def badFraming(self) -> None:
+        """
+        The peer's bytes break the framing: say so and hang up on it.
+        """
+        self.factory.hub.stats.framingErrors += 1
+        log.warn(
+            "disconnecting {peer}: not a netstring, or one longer than --max-message-size {limit}",
+            event="bad-framing",
+            peer=self.id,
+            limit=self.maxMessageSize,
+        )
+        self.close()
 
     def close(self) -> None:
         # A registered producer keeps a transport open: TCP once it has
         # paused it, TLS always.
+        self.closing = True
         self.transport.loseConnection()
         if not self.unregistered:
             self.unregistered = True
             self.transport.unregisterProducer()  # type: ignore[attr-defined]
 
     def abort(self) -> None:
+        self.closing = True
         self.transport.abortConnection()  # type: ignore[attr-defined]
-
-
-class _Watched:
-    """
-    Times arriving data for the watchdog; mixed into a framing only when an
-    idle or message timeout is set, so that otherwise reading costs nothing.
-    """
-
-    watchdog: Watchdog
-
-    def dataReceived(self, data: bytes) -> None:
-        super().dataReceived(data)  # type: ignore[misc]
-        self.watchdog.received(self.hasPartial())  # type: ignore[attr-defined]
 
 
 #: Seconds a refused peer that could not be told at once may take to read
@@ -458,8 +530,9 @@ class MessageFactory(Factory[FramedProtocol]):
     noisy = False
 
     def __init__(self, protocol: type[FramedProtocol], hub: Hub, limits: Limits) -> None:
-        self.framing = protocol
+        self.protocol = protocol
         self.hub = hub
+        self.clock = hub.clock
         #: Connections not ready yet (in their TLS handshake), oldest first,
         #: with their deadlines.
         self.waiting: dict[FramedProtocol, IDelayedCall | None] = {}
@@ -473,12 +546,8 @@ class MessageFactory(Factory[FramedProtocol]):
     def setLimits(self, limits: Limits) -> None:
         """
         Use C{limits} from now on (a reload): connections made from now on
-        get them, and the watched protocol if they time arriving data.
+        get them.
         """
-        protocol = self.framing
-        if limits.watched:
-            protocol = type(f"Watched{protocol.__name__}", (_Watched, protocol), {})
-        self.protocol = protocol
         self.limits = limits
         #: The most clients at once: C{--max-connections}, or fewer when the
         #: file descriptors do not hold that many.
@@ -506,7 +575,7 @@ class MessageFactory(Factory[FramedProtocol]):
             self._evictOldest(limit)
         p = self.protocol()
         p.factory = self
-        p.MAX_LENGTH = limits.maxMessageSize + p.slack
+        p.maxMessageSize = limits.maxMessageSize
         return p
 
     def _refusal(self, limit: int) -> Refusal:

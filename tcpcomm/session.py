@@ -70,36 +70,62 @@ class Session:
         self.hub.sessionStarted(self)
 
     def messageReceived(self, message: bytes) -> None:
+        self.messagesReceived([message], self.hub.clock.seconds())
+
+    def messagesReceived(self, messages: list[bytes], now: float) -> None:
+        """
+        The messages of one read, which arrived at C{now}: each decoded,
+        logged and handed to the handler, in order. Every message passes
+        through here: counts are kept per read, and the loop does only what
+        each message needs.
+        """
         hub = self.hub
-        stats = hub.stats
+        heartbeats = messages.count(b"")
+        if heartbeats:
+            # Activity, never a message, never answered.
+            hub.stats.heartbeatsIn += heartbeats
+            if heartbeats == len(messages):
+                return
+        self.messagesIn += len(messages) - heartbeats
+        self.bytesIn += sum(map(len, messages))
+        self.lastMessage = now
+        encoding = hub.texts.encoding
+        handler = hub.handler
+        logged = hub.logMessages
+        peer = self.peer
+        for message in messages:
+            if not message:
+                continue
+            try:
+                text = message.decode(encoding)
+            except UnicodeDecodeError as e:
+                self._undecodable(message, e, now)
+                continue
+            if logged:
+                log.info("message from {peer}: {text}", event="message", peer=self.id, text=text)
+            if hub.watchers:
+                hub.notify("in", self, text)
+            try:
+                handler.messageReceived(self, text)
+            except Exception:
+                hub.failed("messageReceived", self)
+            if peer.closing:
+                return  # closed by the handler: the rest goes unread
+
+    def _undecodable(self, message: bytes, error: UnicodeDecodeError, now: float) -> None:
+        hub = self.hub
+        hub.stats.decodeErrors += 1
         size = len(message)
-        if not size:
-            # A heartbeat: activity, never a message, never answered.
-            stats.heartbeatsIn += 1
-            return
-        self.messagesIn += 1
-        self.bytesIn += size
-        stats.messagesIn += 1
-        stats.bytesIn += size
-        self.lastMessage = now = hub.clock.seconds()
-        try:
-            text = message.decode(hub.texts.encoding)
-        except UnicodeDecodeError as e:
-            stats.decodeErrors += 1
-            if hub.undecodableLines.allow(self.id):
-                log.warn(
-                    UNDECODABLE if size <= LOGGED_BYTES else UNDECODABLE_CUT,
-                    event="undecodable",
-                    peer=self.id,
-                    data=message[:LOGGED_BYTES],
-                    size=size,
-                    reason=str(e),
-                )
-            self.sendBytes(hub.texts.errorReply.render(now))
-            return
-        if hub.logMessages:
-            log.info("message from {peer}: {text}", event="message", peer=self.id, text=text)
-        hub.messageReceived(self, text)
+        if hub.undecodableLines.allow(self.id):
+            log.warn(
+                UNDECODABLE if size <= LOGGED_BYTES else UNDECODABLE_CUT,
+                event="undecodable",
+                peer=self.id,
+                data=message[:LOGGED_BYTES],
+                size=size,
+                reason=str(error),
+            )
+        self.sendBytes(hub.texts.errorReply.render(now))
 
     def inputEnded(self) -> None:
         self._inputEnded = True
@@ -124,12 +150,19 @@ class Session:
         Send an encoded message now.
         """
         self.peer.sendMessage(message)
-        size = len(message)
         self.messagesOut += 1
-        self.bytesOut += size
-        stats = self.hub.stats
-        stats.messagesOut += 1
-        stats.bytesOut += size
+        self.bytesOut += len(message)
+        if self.hub.watchers:
+            self.hub.watch("out", self, message)
+
+    def sendFramed(self, framed: bytes, message: bytes) -> None:
+        """
+        Send C{message}, already framed as C{framed} (a broadcast frames it
+        once for everyone).
+        """
+        self.peer.sendFramed(framed)
+        self.messagesOut += 1
+        self.bytesOut += len(message)
         if self.hub.watchers:
             self.hub.watch("out", self, message)
 

@@ -68,6 +68,9 @@ class Recorder:
     def messageReceived(self, message: bytes) -> None:
         self.messages.append(message)
 
+    def messagesReceived(self, messages: list[bytes], now: float) -> None:
+        self.messages.extend(messages)
+
     def inputEnded(self) -> None:
         self.events.append("inputEnded")
 
