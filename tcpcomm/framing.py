@@ -26,6 +26,9 @@ class LineFraming(FramedProtocol):
     def frame(message: bytes) -> bytes:
         return message + b"\n"
 
+    def frameAll(self, messages: list[bytes]) -> bytes:
+        return b"\n".join(messages) + b"\n"
+
     def split(self, data: bytes) -> Split:
         lines = data.split(b"\n")
         rest = lines.pop()

@@ -25,9 +25,9 @@ class IPeer(Interface):
         Send one message; the framing adds its delimiter or length prefix.
         """
 
-    def sendFramed(data: bytes) -> None:
+    def sendFramed(data: bytes, message: bytes) -> None:
         """
-        Send bytes already framed with L{frame}.
+        Send C{message}, which C{data} is, already framed with L{frame}.
         """
 
     def close() -> None:

@@ -166,7 +166,7 @@ class FramedProtocol(Protocol):
                 self.conversation.messagesReceived(messages, now)
                 self._cork = None
                 if cork:
-                    self._send(cork[0] if len(cork) == 1 else b"".join(cork))
+                    self._send(self.frameAll(cork))
             if watchdog is not None:
                 watchdog.received(bool(self._buffer), now)
         if error > 0:
@@ -176,17 +176,30 @@ class FramedProtocol(Protocol):
         elif bounded:
             self.holdInput()
 
-    def sendMessage(self, message: bytes) -> None:
-        self.sendFramed(self.frame(message))
-
-    def sendFramed(self, data: bytes) -> None:
+    def frameAll(self, messages: list[bytes]) -> bytes:
         """
-        Send C{data}, already framed: with the other replies to the read
-        being handled, if one is, else now.
+        C{messages} framed, one after the other, as one write.
+        """
+        return b"".join(map(self.frame, messages))
+
+    def sendMessage(self, message: bytes) -> None:
+        """
+        Send C{message}: with the other replies to the read being handled,
+        if one is, else now.
         """
         cork = self._cork
         if cork is not None:
-            cork.append(data)
+            cork.append(message)
+        else:
+            self._send(self.frame(message))
+
+    def sendFramed(self, data: bytes, message: bytes) -> None:
+        """
+        Send C{message}, which C{data} is already framed.
+        """
+        cork = self._cork
+        if cork is not None:
+            cork.append(message)
         else:
             self._send(data)
 

@@ -160,7 +160,7 @@ class Session:
         Send C{message}, already framed as C{framed} (a broadcast frames it
         once for everyone).
         """
-        self.peer.sendFramed(framed)
+        self.peer.sendFramed(framed, message)
         self.messagesOut += 1
         self.bytesOut += len(message)
         if self.hub.watchers:
