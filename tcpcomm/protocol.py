@@ -69,13 +69,6 @@ class Limits:
     keepalive: float = 0.0
     handshakeTimeout: float = 10.0
 
-    @property
-    def watched(self) -> bool:
-        """
-        Whether arriving data must be timed (for the idle and message timeouts).
-        """
-        return self.idleTimeout > 0 or self.messageTimeout > 0
-
 
 @implementer(IPeer, IHalfCloseableProtocol, IHandshakeListener, IPushProducer)
 class FramedProtocol(Protocol):
@@ -159,6 +152,12 @@ class FramedProtocol(Protocol):
     def _take(self, data: bytes) -> None:
         messages, self._buffer, bounded, error = self.split(data)
         watchdog = self.watchdog
+        if watchdog is None and self._buffer and self.isReady:
+            # With only --message-timeout, an idle connection needs no
+            # watchdog: it gets one once a message is left unfinished.
+            limits = self.factory.limits
+            if limits.messageTimeout > 0:
+                watchdog = self._watch(limits)
         if messages or watchdog is not None:
             now = self.factory.clock.seconds()
             if messages:
@@ -237,17 +236,21 @@ class FramedProtocol(Protocol):
         factory = self.factory
         factory.peerReady(self)
         limits = factory.limits
-        if limits.watched or limits.heartbeat > 0:
-            self.watchdog = Watchdog(
-                self,
-                factory.clock,
-                limits.idleTimeout,
-                limits.messageTimeout,
-                limits.heartbeat,
-            )
+        if limits.idleTimeout > 0 or limits.heartbeat > 0:
+            self._watch(limits)
         self.isReady = True
         self.conversation = factory.hub.conversationFor(self)
         self.conversation.connected()
+
+    def _watch(self, limits: Limits) -> Watchdog:
+        watchdog = self.watchdog = Watchdog(
+            self,
+            self.factory.clock,
+            limits.idleTimeout,
+            limits.messageTimeout,
+            limits.heartbeat,
+        )
+        return watchdog
 
     def overdue(self, size: int) -> None:
         """
