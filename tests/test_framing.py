@@ -127,6 +127,57 @@ class StreamFramingTests(RecordingMixin, SynchronousTestCase):
             self.assertEqual(transport.value(), frame(framing, b"hi there"), framing)
 
 
+class ChunkBoundaryTests(RecordingMixin, SynchronousTestCase):
+    """
+    A read is split whole, so every way TCP can cut a stream must give the
+    same messages: cut at every byte boundary, and byte by byte.
+    """
+
+    framings = ["line", "netstring", "int32"]
+    messages = [b"hello", b"", b"x" * 300, b"a:b\rc,", b"\x00\xff", b"last"]
+
+    def stream(self, framing: str) -> bytes:
+        return b"".join(frame(framing, m) for m in self.messages)
+
+    def test_everyBoundary(self) -> None:
+        """Cut in two at any byte, the stream delivers the same messages, in order."""
+        for framing in self.framings:
+            wire = self.stream(framing)
+            for cut in range(len(wire) + 1):
+                protocol, transport, received = self.receiver(framing)
+                protocol.dataReceived(wire[:cut])
+                protocol.dataReceived(wire[cut:])
+                self.assertEqual(received, self.messages, (framing, cut))
+                self.assertFalse(transport.disconnecting, (framing, cut))
+
+    def test_everyPairOfBoundaries(self) -> None:
+        """Cut in three at any two bytes of a short stream, it delivers the same messages."""
+        for framing in self.framings:
+            wire = b"".join(frame(framing, m) for m in [b"ab", b"", b"cde"])
+            for first in range(len(wire) + 1):
+                for second in range(first, len(wire) + 1):
+                    protocol, transport, received = self.receiver(framing)
+                    for chunk in (wire[:first], wire[first:second], wire[second:]):
+                        protocol.dataReceived(chunk)
+                    self.assertEqual(received, [b"ab", b"", b"cde"], (framing, first, second))
+
+    def test_byteByByte(self) -> None:
+        """Fed one byte at a time, the stream delivers the same messages, in order."""
+        for framing in self.framings:
+            protocol, transport, received = self.receiver(framing)
+            for byte in self.stream(framing):
+                protocol.dataReceived(bytes([byte]))
+            self.assertEqual(received, self.messages, framing)
+
+    def test_crlfCutBetween(self) -> None:
+        """A CRLF cut between its CR and its LF still ends the line, without the CR."""
+        protocol, transport, received = self.receiver("line", maxMessageSize=5)
+        protocol.dataReceived(b"abcde\r")
+        protocol.dataReceived(b"\nfg\r\n")
+        self.assertEqual(received, [b"abcde", b"fg"])
+        self.assertFalse(transport.disconnecting)
+
+
 class LineFramingTests(RecordingMixin, SynchronousTestCase):
     """
     Line framing: what people type into nc and telnet.
