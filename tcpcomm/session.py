@@ -98,7 +98,7 @@ class Session:
             self.sendBytes(hub.texts.errorReply.render(now))
             return
         if hub.logMessages:
-            log.info("message from {peer}: {text}", event="message", peer=self.id, text=text)
+            hub.messageLog.message(self.id, text)
         hub.messageReceived(self, text)
 
     def inputEnded(self) -> None:
