@@ -433,7 +433,8 @@ class LogObserver:
         Write the lines of the events C{message} of C{batch}, logged at
         C{when}.
         """
-        self._write(self._format.messageLines(when, batch))
+        if batch:
+            self._write(self._format.messageLines(when, batch))
 
     def rotate(self) -> None:
         """

@@ -142,7 +142,7 @@ class SameLineTests(SynchronousTestCase):
                     self.assertEqual(json.loads(fast)["message"], text)
 
     def test_batch(self) -> None:
-        """A batch is the lines of its messages in order, only those that need it escaped."""
+        """A batch is the lines of its messages in order, only those that need it escaped; an empty one writes nothing."""
         batch = [(PEERS[i % 3], text) for i, text in enumerate(TEXTS * 2)]
         formats: list[Format] = [TextFormat(), JSONFormat()]
         for format in formats:
@@ -150,6 +150,9 @@ class SameLineTests(SynchronousTestCase):
                 format.messageLines(NOON, batch),
                 "".join(format.messageLines(NOON, [message]) for message in batch),
             )
+        out = io.StringIO()
+        LogObserver(out, LineFormat(TextFormat())).writeMessages(NOON, [])
+        self.assertEqual(out.getvalue(), "")
         plain = TextFormat().messageLines(NOON, [("p", "a"), ("p", "b")])
         self.assertEqual(plain.count("\n"), 2)
         self.assertNotIn("\\", plain)
