@@ -16,6 +16,7 @@ from zope.interface import implementer
 
 from tcpcomm.interfaces import IHandler, IHub, IPeer, ISession
 from tcpcomm.logs import RateLimiter
+from tcpcomm.messagelog import MessageLog
 from tcpcomm.registry import PeerRegistry
 from tcpcomm.session import Session
 from tcpcomm.templates import Template
@@ -127,11 +128,14 @@ class Hub:
         texts: Texts,
         handlerFactory: Callable[[IHub], IHandler],
         logMessages: bool = True,
+        messageLog: MessageLog | None = None,
     ) -> None:
         self.clock = clock
         self.texts = texts
         #: Whether each message received is logged (C{--no-message-log}).
         self.logMessages = logMessages
+        #: Where sessions log each message received.
+        self.messageLog = MessageLog(clock) if messageLog is None else messageLog
         self.registry = PeerRegistry()
         self.stats = Stats(self.registry)
         self.watchers: list[Watcher] = []

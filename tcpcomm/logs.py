@@ -14,17 +14,20 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Any, cast
+from json.encoder import encode_basestring
+from typing import IO, Any, Protocol, cast
 
 from twisted.application.service import IServiceCollection, MultiService
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import FileLogObserver, ILogObserver, LogEvent, Logger, formatEvent, formatTime
+from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent, formatTime
+from twisted.python.compat import ioType
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
+from zope.interface import implementer
 
 log = Logger()
 
@@ -75,6 +78,48 @@ def eventAsRecord(event: LogEvent) -> dict[str, Any]:
 
 def formatJSONLine(event: LogEvent) -> str:
     return json.dumps(eventAsRecord(event), ensure_ascii=False) + "\n"
+
+
+# Message lines: what the text and JSON formats write for the event C{message}
+# (namespace C{tcpcomm.session}, fields C{peer} and C{text}) that
+# L{tcpcomm.messagelog.MessageLog} hands the observer in batches, made
+# without an event: byte for byte what formatting that event would make.
+
+#: What the event C{message} says.
+MESSAGE = "message from {peer}: {text}"
+
+#: The namespace of the event C{message}.
+MESSAGE_NAMESPACE = "tcpcomm.session"
+
+#: Message lines: C{(peer, text)} for each message received.
+Batch = Sequence[tuple[str, str]]
+
+
+class JSONFormat:
+    """
+    The JSON line of an event (L{formatJSONLine}), and of a batch of message
+    lines.
+    """
+
+    def __call__(self, event: LogEvent) -> str:
+        return formatJSONLine(event)
+
+    def messageLines(self, when: float, batch: Batch) -> str:
+        """
+        The lines L{formatJSONLine} makes for the events C{message} of
+        C{batch}, all logged at C{when}: L{eventAsRecord}'s keys in its order,
+        each string escaped as C{json.dumps} escapes it.
+        """
+        head = (
+            f'{{"time": {encode_basestring(datetime.fromtimestamp(when, UTC).isoformat())}, '
+            f'"level": "info", "namespace": "{MESSAGE_NAMESPACE}", "event": "message", '
+            '"text": "message from '
+        )
+        lines = []
+        for peer, text in batch:
+            p, t = encode_basestring(peer), encode_basestring(text)
+            lines.append(f'{head}{p[1:-1]}: {t[1:-1]}", "peer": {p}, "message": {t}}}\n')
+        return "".join(lines)
 
 
 # Text lines.
@@ -132,6 +177,19 @@ class TextFormat:
         if failure is not None:
             line = f"{line}\n{_traceback(failure)}".replace("\n", "\n\t")
         return line + "\n"
+
+    def messageLines(self, when: float, batch: Batch) -> str:
+        """
+        The lines this format writes for the events C{message} of C{batch},
+        all logged at C{when}.
+        """
+        prefix = f"{self._timestamp(when)} [{MESSAGE_NAMESPACE}#info] message from "
+        bodies = [f"{peer}: {text}" for peer, text in batch]
+        # Escaping goes character by character, so each body can be escaped
+        # on its own; one check finds whether any needs it.
+        if not "".join(bodies).isprintable():
+            bodies = [escapeControl(body) for body in bodies]
+        return prefix + f"\n{prefix}".join(bodies) + "\n"
 
 
 def _traceback(failure: Failure) -> str:
@@ -261,6 +319,22 @@ ACCEPT_ERRORS = frozenset(
 )
 
 
+class Format(Protocol):
+    """
+    A format of tcpcomm's observer (L{TextFormat}, L{JSONFormat}).
+    """
+
+    def __call__(self, event: LogEvent) -> str | None:
+        """
+        The line(s) of C{event}, or L{None} to write nothing.
+        """
+
+    def messageLines(self, when: float, batch: Batch) -> str:
+        """
+        The lines of the events C{message} of C{batch}, logged at C{when}.
+        """
+
+
 class LineFormat:
     """
     The formatter of tcpcomm's observer: each event as C{format} writes it,
@@ -268,7 +342,7 @@ class LineFormat:
     were held back, before the next line.
     """
 
-    def __init__(self, format: Callable[[LogEvent], str | None], window: float = WINDOW) -> None:
+    def __init__(self, format: Format, window: float = WINDOW) -> None:
         self._format = format
         self._held: list[LogEvent] = []
         self._acceptErrors = RateLimiter(
@@ -287,12 +361,27 @@ class LineFormat:
         limiter.flush(now)
         line = self._format(event) if not isAcceptError or limiter.allow(None, now) else None
         if self._held:
-            held = self._held[:]
-            self._held.clear()
-            for summary in held:
-                summary["log_time"] = now
-            line = "".join(filter(None, [*map(self._format, held), line]))
+            line = self._summaries(now) + (line or "")
         return line or None
+
+    def messageLines(self, when: float, batch: Batch) -> str:
+        """
+        The lines of a batch of messages, after the count of accept errors
+        held back if it is due.
+        """
+        lines = self._format.messageLines(when, batch)
+        if self._acceptErrors.active:
+            self._acceptErrors.flush(when)
+            if self._held:
+                lines = self._summaries(when) + lines
+        return lines
+
+    def _summaries(self, now: float) -> str:
+        held = self._held[:]
+        self._held.clear()
+        for summary in held:
+            summary["log_time"] = now
+        return "".join(filter(None, map(self._format, held)))
 
 
 @dataclass(frozen=True)
@@ -311,9 +400,61 @@ class LogDestination:
         return self.logfile == "-" or (self.nodaemon and not self.logfile)
 
 
+@implementer(ILogObserver)
+class LogObserver:
+    """
+    tcpcomm's observer: each event as its L{LineFormat} writes it, written
+    and flushed to C{out} (as Twisted's C{FileLogObserver} does), and the
+    batches of message lines a L{tcpcomm.messagelog.MessageLog} hands it,
+    each in one write.
+    """
+
+    def __init__(
+        self, out: IO[Any], format: LineFormat, rotate: Callable[[], object] | None = None
+    ) -> None:
+        self._out = out
+        self._encoding = "utf-8" if ioType(out) is not str else None
+        self._format = format
+        self._rotate = rotate
+        #: Called before anything else is written (by the message log that
+        #: writes through this observer), so that lines it holds back come
+        #: first and the log keeps its order.
+        self.beforeWrite: Callable[[], None] | None = None
+
+    def __call__(self, event: LogEvent) -> None:
+        if self.beforeWrite is not None:
+            self.beforeWrite()
+        text = self._format(event)
+        if text:
+            self._write(text)
+
+    def writeMessages(self, when: float, batch: Batch) -> None:
+        """
+        Write the lines of the events C{message} of C{batch}, logged at
+        C{when}.
+        """
+        if batch:
+            self._write(self._format.messageLines(when, batch))
+
+    def rotate(self) -> None:
+        """
+        Rotate the log file (on SIGUSR1), after what is held back is written
+        to the old one.
+        """
+        if self.beforeWrite is not None:
+            self.beforeWrite()
+        if self._rotate is not None:
+            self._rotate()
+
+    def _write(self, text: str) -> None:
+        out = self._out
+        out.write(text if self._encoding is None else text.encode(self._encoding))
+        out.flush()
+
+
 def makeObserver(
     destination: LogDestination, logFormat: str = "text", reactor: Any = None
-) -> ILogObserver:
+) -> LogObserver:
     """
     tcpcomm's log observer: C{logFormat} lines (C{text} or C{json}) written
     to C{destination}. A file rotates at 1 MB and on SIGUSR1, as twistd's
@@ -322,17 +463,17 @@ def makeObserver(
     where nothing else handles SIGUSR1 already.
     """
     out: IO[Any]
+    format = LineFormat(TextFormat() if logFormat == "text" else JSONFormat())
     if destination.stdout:
         if not destination.nodaemon:
             sys.exit("Daemons cannot log to stdout, exiting!")  # as twistd says it
         out = sys.stdout
         onSIGUSR1(_NothingToRotate(), reactor)
-    else:
-        logFile = LogFile.fromFullPath(destination.logfile or "twistd.log")
-        onSIGUSR1(logFile.rotate, reactor)
-        out = logFile
-    formatter = TextFormat() if logFormat == "text" else formatJSONLine
-    return FileLogObserver(out, LineFormat(formatter))
+        return LogObserver(out, format)
+    logFile = LogFile.fromFullPath(destination.logfile or "twistd.log")
+    observer = LogObserver(logFile, format, logFile.rotate)
+    onSIGUSR1(observer.rotate, reactor)
+    return observer
 
 
 class _NothingToRotate:
@@ -383,13 +524,19 @@ class _ObservedService(MultiService):
             parent.setComponent(ILogObserver, self._makeObserver())
 
 
-def loggedByTcpcomm(twistd: Any, logFormat: str, service: MultiService) -> MultiService:
+def loggedByTcpcomm(
+    twistd: Any,
+    logFormat: str,
+    service: MultiService,
+    attach: Callable[[LogObserver], object] | None = None,
+) -> MultiService:
     """
     C{service}, made to log through tcpcomm's observer when twistd, whose
     parsed options are C{twistd}, runs it: to the same destination twistd's
-    own observer would use. With twistd's C{--logger} or C{--syslog}, the
-    user's choice stands (and SIGUSR1 is only kept from ending the process
-    where there is no file).
+    own observer would use, and C{attach} (the message log's) is called
+    with the observer once twistd takes it. With twistd's C{--logger} or
+    C{--syslog}, the user's choice stands (and SIGUSR1 is only kept from
+    ending the process where there is no file).
     """
     if twistd is None or "nodaemon" not in twistd or twistd.get("logger") is not None:
         return service
@@ -397,6 +544,13 @@ def loggedByTcpcomm(twistd: Any, logFormat: str, service: MultiService) -> Multi
         onSIGUSR1(_NothingToRotate())
         return service
     destination = LogDestination(twistd.get("logfile"), bool(twistd.get("nodaemon")))
-    top = _ObservedService(lambda: makeObserver(destination, logFormat))
+
+    def observer() -> LogObserver:
+        made = makeObserver(destination, logFormat)
+        if attach is not None:
+            attach(made)
+        return made
+
+    top = _ObservedService(observer)
     service.setServiceParent(top)
     return top

@@ -91,7 +91,7 @@ class Session:
         self.lastMessage = now
         encoding = hub.texts.encoding
         handler = hub.handler
-        logged = hub.logMessages
+        messageLog = hub.messageLog if hub.logMessages else None
         peer = self.peer
         for message in messages:
             if not message:
@@ -101,8 +101,8 @@ class Session:
             except UnicodeDecodeError as e:
                 self._undecodable(message, e, now)
                 continue
-            if logged:
-                log.info("message from {peer}: {text}", event="message", peer=self.id, text=text)
+            if messageLog is not None:
+                messageLog.message(self.id, text)
             if hub.watchers:
                 hub.notify("in", self, text)
             try:

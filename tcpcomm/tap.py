@@ -27,6 +27,7 @@ from tcpcomm.client import ClientFactory, ClientStatus, RetryPolicy, makeClientS
 from tcpcomm.framing import FRAMINGS
 from tcpcomm.hub import Hub, Texts
 from tcpcomm.logs import loggedByTcpcomm
+from tcpcomm.messagelog import MessageLog
 from tcpcomm.metrics import makeRegistry
 from tcpcomm.options import ClientOptions, Options, ServerOptions
 from tcpcomm.protocol import Limits, MessageFactory
@@ -59,12 +60,23 @@ def makeTexts(options: Mapping[str, Any], client: bool) -> Texts:
     )
 
 
-def makeHub(options: ServerOptions | ClientOptions, clock: IReactorTime, client: bool) -> Hub:
+def makeHub(
+    options: ServerOptions | ClientOptions,
+    clock: IReactorTime,
+    client: bool,
+    messageLog: MessageLog | None = None,
+) -> Hub:
     """
-    The hub of one side: its texts and its handler.
+    The hub of one side: its texts, its handler and its message log.
     """
     texts = makeTexts(options, client)
-    return Hub(clock, texts, options["handler"], logMessages=not options["no-message-log"])
+    return Hub(
+        clock,
+        texts,
+        options["handler"],
+        logMessages=not options["no-message-log"],
+        messageLog=messageLog,
+    )
 
 
 def makeLimits(options: Mapping[str, Any], client: bool) -> Limits:
@@ -135,11 +147,13 @@ def addReloadService(top: MultiService, reloader: Reloader, reactor: Any) -> Non
     ReloadService(reloader, getattr(reactor, "callFromThread", None)).setServiceParent(top)
 
 
-def makeServer(options: ServerOptions, reactor: Any) -> MultiService:
+def makeServer(
+    options: ServerOptions, reactor: Any, messageLog: MessageLog | None = None
+) -> MultiService:
     """
     The server: its listeners, and the hub of its peers.
     """
-    hub = makeHub(options, reactor, client=False)
+    hub = makeHub(options, reactor, client=False, messageLog=messageLog)
     factory = MessageFactory(FRAMINGS[options["framing"]], hub, makeLimits(options, client=False))
     reloader = makeReloader(options, hub, factory, reactor, client=False)
     tls = None
@@ -250,7 +264,9 @@ def serverEndpoints(
     return [(serverFromString(reactor, d), d) for d in options.listenDescriptions()]
 
 
-def makeClient(options: ClientOptions, reactor: Any) -> MultiService:
+def makeClient(
+    options: ClientOptions, reactor: Any, messageLog: MessageLog | None = None
+) -> MultiService:
     """
     The client: one connection kept up by a L{ClientService}.
     """
@@ -272,7 +288,7 @@ def makeClient(options: ClientOptions, reactor: Any) -> MultiService:
     policy = RetryPolicy(
         reactor, options["retry-initial"], options["retry-max"], options["retry-reset"]
     )
-    hub = makeHub(options, reactor, client=True)
+    hub = makeHub(options, reactor, client=True, messageLog=messageLog)
     status = ClientStatus(description)
     factory = ClientFactory(
         FRAMINGS[options["framing"]], hub, makeLimits(options, client=True), policy, status
@@ -303,12 +319,16 @@ def makeClient(options: ClientOptions, reactor: Any) -> MultiService:
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     """
     Build the server or client that C{options} describe, logging through
-    tcpcomm's observer when twistd (C{options.parent}) runs it.
+    tcpcomm's observer when twistd (C{options.parent}) runs it, each message
+    received too.
     """
     if reactor is None:
         from twisted.internet import reactor
+    messageLog = MessageLog(reactor)
     if options.subCommand == "server":
-        service = makeServer(options.subOptions, reactor)
+        service = makeServer(options.subOptions, reactor, messageLog)
     else:
-        service = makeClient(options.subOptions, reactor)
-    return loggedByTcpcomm(options.parent, options.subOptions["log-format"], service)
+        service = makeClient(options.subOptions, reactor, messageLog)
+    return loggedByTcpcomm(
+        options.parent, options.subOptions["log-format"], service, messageLog.attach
+    )

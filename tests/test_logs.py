@@ -38,6 +38,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tcpcomm import tap
 from tcpcomm.framing import FRAMINGS
 from tcpcomm.logs import (
+    JSONFormat,
     LineFormat,
     LogDestination,
     RateLimiter,
@@ -442,7 +443,7 @@ class AcceptErrorTests(SynchronousTestCase):
 
     def test_json(self) -> None:
         """The JSON log holds back the same lines, and names its count."""
-        format = LineFormat(formatJSONLine)
+        format = LineFormat(JSONFormat())
         errors = twistedAcceptErrors(waiting=3)
         for i, e in enumerate(errors):
             e["log_time"] = NOON + i
