@@ -22,8 +22,8 @@ from twisted.logger import ILogObserver, LogEvent, Logger, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tcpcomm.hub import Hub
-from tcpcomm.protocol import FramedProtocol, Limits, MessageFactory
+from tcpcomm.hub.hub import Hub
+from tcpcomm.wire.protocol import FramedProtocol, Limits, MessageFactory
 
 log = Logger()
 

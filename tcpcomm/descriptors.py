@@ -14,7 +14,7 @@ from __future__ import annotations
 from twisted.application.service import Service
 from twisted.logger import Logger
 
-from tcpcomm.protocol import MessageFactory
+from tcpcomm.wire.protocol import MessageFactory
 
 try:
     import resource

@@ -18,12 +18,12 @@ from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 
 from tcpcomm.config import ConfigFile, givenOptions
-from tcpcomm.framing import FRAMINGS
 from tcpcomm.handlers import HandlerNotFound, findHandler
 from tcpcomm.server import systemBacklog
 from tcpcomm.templates import Template, TemplateError
-from tcpcomm.tls import TLS_VERSIONS, TLSFileError, clientCreator, serverOptions
 from tcpcomm.tokens import TokenFileError, readTokenFile
+from tcpcomm.wire.framing import FRAMINGS
+from tcpcomm.wire.tls import TLS_VERSIONS, TLSFileError, clientCreator, serverOptions
 
 
 def _number(

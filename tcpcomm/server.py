@@ -20,8 +20,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from tcpcomm.descriptors import DescriptorBudget, FileLimit
-from tcpcomm.protocol import MessageFactory
-from tcpcomm.registry import PeerRegistry, addressText
+from tcpcomm.hub.registry import PeerRegistry, addressText
+from tcpcomm.wire.protocol import MessageFactory
 
 log = Logger()
 

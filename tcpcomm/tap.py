@@ -22,15 +22,13 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint, IStreamServerEndpoint
 
-from tcpcomm.admin import AdminResource, Outgoing, makeAdminSite
 from tcpcomm.client import ClientFactory, ClientStatus, RetryPolicy, makeClientService
-from tcpcomm.framing import FRAMINGS
-from tcpcomm.hub import Hub, Texts
+from tcpcomm.control.admin import AdminResource, Outgoing, makeAdminSite
+from tcpcomm.control.metrics import makeRegistry
+from tcpcomm.hub.hub import Hub, Texts
 from tcpcomm.logs import loggedByTcpcomm
 from tcpcomm.messagelog import MessageLog
-from tcpcomm.metrics import makeRegistry
 from tcpcomm.options import ClientOptions, Options, ServerOptions
-from tcpcomm.protocol import Limits, MessageFactory
 from tcpcomm.reload import (
     Live,
     ReloadableClientTLS,
@@ -40,10 +38,12 @@ from tcpcomm.reload import (
     describeCertificate,
 )
 from tcpcomm.server import listeningService, makeServerService
+from tcpcomm.wire.framing import FRAMINGS
+from tcpcomm.wire.protocol import Limits, MessageFactory
 
 __all__ = ["Options", "makeService"]
 
-DASHBOARD = importlib.resources.files("tcpcomm").joinpath("dashboard.html")
+DASHBOARD = importlib.resources.files("tcpcomm.control").joinpath("dashboard.html")
 
 
 def makeTexts(options: Mapping[str, Any], client: bool) -> Texts:

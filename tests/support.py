@@ -11,12 +11,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcpcomm.descriptors import FileLimit
-from tcpcomm.framing import FRAMINGS
 from tcpcomm.handlers import DelayedReply, HandlerFactory
-from tcpcomm.hub import Hub, Texts
+from tcpcomm.hub.hub import Hub, Texts
 from tcpcomm.interfaces import IConversation, IPeer
-from tcpcomm.protocol import FramedProtocol, Limits, MessageFactory
 from tcpcomm.templates import Template
+from tcpcomm.wire.framing import FRAMINGS
+from tcpcomm.wire.protocol import FramedProtocol, Limits, MessageFactory
 
 # 2026-11-28 12:00:00 in whatever zone the tests run: only the shape is checked.
 NOON = 1795867200.0

@@ -19,8 +19,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from tcpcomm.admin import AdminChannel, AdminResource, AdminSite, Outgoing, makeAdminSite
-from tcpcomm.metrics import makeRegistry
+from tcpcomm.control.admin import AdminChannel, AdminResource, AdminSite, Outgoing, makeAdminSite
+from tcpcomm.control.metrics import makeRegistry
 
 from .support import connect, makeHub
 

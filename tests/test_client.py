@@ -13,8 +13,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tcpcomm.client import ClientFactory, ClientStatus, RetryPolicy, makeClientService
-from tcpcomm.framing import LineFraming
-from tcpcomm.protocol import Limits
+from tcpcomm.wire.framing import LineFraming
+from tcpcomm.wire.protocol import Limits
 
 from .support import NOON, makeHub
 

@@ -17,9 +17,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tcpcomm.framing import FRAMINGS
 from tcpcomm.handlers import Broadcast, Echo
-from tcpcomm.protocol import FramedProtocol, Limits, MessageFactory
+from tcpcomm.wire.framing import FRAMINGS
+from tcpcomm.wire.protocol import FramedProtocol, Limits, MessageFactory
 
 from .support import NOON, makeHub
 

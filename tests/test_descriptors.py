@@ -14,12 +14,12 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tcpcomm.descriptors import HEADROOM, DescriptorBudget, raiseSoftLimit
-from tcpcomm.framing import FRAMINGS
-from tcpcomm.hub import Texts
+from tcpcomm.hub.hub import Texts
 from tcpcomm.options import Options
-from tcpcomm.protocol import REFUSAL_TIMEOUT, Limits, MessageFactory, Refusal
 from tcpcomm.tap import adminConnections
 from tcpcomm.templates import Template
+from tcpcomm.wire.framing import FRAMINGS
+from tcpcomm.wire.protocol import REFUSAL_TIMEOUT, Limits, MessageFactory, Refusal
 
 from .support import NOON, FakeFileLimit, makeHub
 

@@ -17,7 +17,7 @@ from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tcpcomm.eager import ATTRIBUTES, canWriteEagerly, writeEagerly
+from tcpcomm.wire.eager import ATTRIBUTES, canWriteEagerly, writeEagerly
 
 
 class Collector(Protocol):
@@ -77,7 +77,7 @@ class EagerTCPTests(TestCase):
         return sender, collector
 
     async def test_tcpConnectionsLookAsExpected(self) -> None:
-        """Twisted's TCP connections still queue as eager writes assume (if not, update tcpcomm.eager)."""
+        """Twisted's TCP connections still queue as eager writes assume (if not, update tcpcomm.wire.eager)."""
         sender, collector = await self.pair(3)
         transport: Any = sender.transport
         self.assertEqual([n for n in ATTRIBUTES if not hasattr(transport, n)], [])

@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import NOT_DONE_YET, Request
 
-from tcpcomm.admin import EventStream
+from tcpcomm.control.admin import EventStream
 
 from .support import connect, makeHub
 

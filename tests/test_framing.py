@@ -1,4 +1,4 @@
-"""Tests for L{tcpcomm.framing}: bytes in, whole messages out, for every framing."""
+"""Tests for L{tcpcomm.wire.framing}: bytes in, whole messages out, for every framing."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from tcpcomm.framing import FRAMINGS
-from tcpcomm.protocol import MESSAGES_PER_TURN, FramedProtocol
+from tcpcomm.wire.framing import FRAMINGS
+from tcpcomm.wire.protocol import MESSAGES_PER_TURN, FramedProtocol
 
 from .support import Recorder, connect
 

@@ -19,7 +19,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tcpcomm.handlers import Echo
-from tcpcomm.protocol import FramedProtocol
+from tcpcomm.wire.protocol import FramedProtocol
 
 from .support import Recorder, connect, makeHub
 from .test_framing import frame

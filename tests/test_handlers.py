@@ -8,7 +8,7 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from tcpcomm.handlers import BUILT_IN, Broadcast, Chat, Echo, HandlerNotFound, findHandler
-from tcpcomm.hub import Hub
+from tcpcomm.hub.hub import Hub
 from tcpcomm.interfaces import IHandler, IHub, ISession
 from tcpcomm.options import Options
 

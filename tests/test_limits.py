@@ -12,12 +12,12 @@ from twisted.logger import capturedLogs
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from tcpcomm.framing import FRAMINGS
 from tcpcomm.handlers import Echo
-from tcpcomm.hub import Texts
+from tcpcomm.hub.hub import Texts
 from tcpcomm.options import Options
-from tcpcomm.protocol import Limits, MessageFactory, Refusal
 from tcpcomm.templates import Template
+from tcpcomm.wire.framing import FRAMINGS
+from tcpcomm.wire.protocol import Limits, MessageFactory, Refusal
 
 from .support import NOON, connect, makeHub
 from .test_framing import frame

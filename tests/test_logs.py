@@ -36,7 +36,6 @@ from twisted.scripts._twistd_unix import ServerOptions as TwistdOptions
 from twisted.trial.unittest import SynchronousTestCase
 
 from tcpcomm import tap
-from tcpcomm.framing import FRAMINGS
 from tcpcomm.logs import (
     JSONFormat,
     LineFormat,
@@ -48,7 +47,8 @@ from tcpcomm.logs import (
     formatJSONLine,
     makeObserver,
 )
-from tcpcomm.protocol import Limits, MessageFactory, Refusal
+from tcpcomm.wire.framing import FRAMINGS
+from tcpcomm.wire.protocol import Limits, MessageFactory, Refusal
 
 from .support import NOON, connect, makeHub
 

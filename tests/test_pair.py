@@ -9,12 +9,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from tcpcomm.client import ClientFactory, ClientStatus, RetryPolicy
-from tcpcomm.framing import FRAMINGS
 from tcpcomm.handlers import DelayedReply
-from tcpcomm.hub import Hub, Texts
+from tcpcomm.hub.hub import Hub, Texts
 from tcpcomm.interfaces import IHandler, ISession
-from tcpcomm.protocol import Limits, MessageFactory
 from tcpcomm.templates import Template
+from tcpcomm.wire.framing import FRAMINGS
+from tcpcomm.wire.protocol import Limits, MessageFactory
 
 
 class PairTests(SynchronousTestCase):

@@ -1,4 +1,4 @@
-"""Tests for L{tcpcomm.registry} and how the hub keeps it."""
+"""Tests for L{tcpcomm.hub.registry} and how the hub keeps it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from tcpcomm.registry import PeerRegistry
+from tcpcomm.hub.registry import PeerRegistry
 
 from .support import connect, makeHub
 

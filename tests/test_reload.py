@@ -28,10 +28,10 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from tcpcomm import tap
-from tcpcomm.admin import AdminResource
+from tcpcomm.control.admin import AdminResource
 from tcpcomm.options import Options
-from tcpcomm.protocol import FramedProtocol, MessageFactory
 from tcpcomm.reload import Live, ReloadableServerTLS, Reloader, ReloadService
+from tcpcomm.wire.protocol import FramedProtocol, MessageFactory
 
 from .certs import Authority
 from .processes import (

@@ -17,8 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from tcpcomm.descriptors import DescriptorBudget
+from tcpcomm.hub.registry import PeerRegistry
 from tcpcomm.options import Options
-from tcpcomm.registry import PeerRegistry
 from tcpcomm.server import (
     DisconnectAllService,
     listeningService,

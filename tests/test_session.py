@@ -1,4 +1,4 @@
-"""Tests for L{tcpcomm.session} with the default handler: timed replies on a clock."""
+"""Tests for L{tcpcomm.hub.session} with the default handler: timed replies on a clock."""
 
 from __future__ import annotations
 

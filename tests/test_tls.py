@@ -28,11 +28,11 @@ from twisted.test.iosim import IOPump, connectedServerAndClient
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tcpcomm.client import ClientFactory, ClientStatus, RetryPolicy
-from tcpcomm.framing import FRAMINGS
 from tcpcomm.handlers import Echo
 from tcpcomm.options import Options
-from tcpcomm.protocol import FramedProtocol, Limits, MessageFactory, Refusal
-from tcpcomm.tls import clientCreator, serverOptions
+from tcpcomm.wire.framing import FRAMINGS
+from tcpcomm.wire.protocol import FramedProtocol, Limits, MessageFactory, Refusal
+from tcpcomm.wire.tls import clientCreator, serverOptions
 
 from .certs import Authority
 from .processes import WAIT, Twistd, assertCleanLog, environment, readUntilClosed, scratch

@@ -16,9 +16,10 @@ from zope.interface import implementer
 from tcpcomm.interfaces import IConversation, IPeer, ISession
 
 if TYPE_CHECKING:
-    from tcpcomm.hub import Hub
+    from tcpcomm.hub.hub import Hub
 
-log = Logger()
+# The namespace its lines had before the package had layers: operators filter on it.
+log = Logger(namespace="tcpcomm.session")
 
 #: How many bytes of an undecodable message its log line shows.
 LOGGED_BYTES = 64

@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress
 
 if TYPE_CHECKING:
-    from tcpcomm.session import Session
+    from tcpcomm.hub.session import Session
 
 
 def addressText(address: IAddress) -> str:

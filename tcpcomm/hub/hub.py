@@ -14,14 +14,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tcpcomm.hub.registry import PeerRegistry
+from tcpcomm.hub.session import Session
 from tcpcomm.interfaces import IHandler, IHub, IPeer, ISession
 from tcpcomm.logs import RateLimiter
 from tcpcomm.messagelog import MessageLog
-from tcpcomm.registry import PeerRegistry
-from tcpcomm.session import Session
 from tcpcomm.templates import Template
 
-log = Logger()
+# The namespace its lines had before the package had layers: operators filter on it.
+log = Logger(namespace="tcpcomm.hub")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import struct
 
-from tcpcomm.protocol import MESSAGES_PER_TURN, FramedProtocol, Split
+from tcpcomm.wire.protocol import MESSAGES_PER_TURN, FramedProtocol, Split
 
 _LENGTH = struct.Struct("!I")
 _DIGITS = re.compile(rb"[0-9]*")

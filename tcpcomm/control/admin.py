@@ -31,16 +31,17 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from tcpcomm.client import ClientStatus
-from tcpcomm.hub import Hub
+from tcpcomm.control.openapi import openapi
+from tcpcomm.hub.hub import Hub
+from tcpcomm.hub.registry import addressText
+from tcpcomm.hub.session import Session
 from tcpcomm.interfaces import ISession
-from tcpcomm.openapi import openapi
-from tcpcomm.registry import addressText
-from tcpcomm.session import Session
 
 if TYPE_CHECKING:
     from tcpcomm.reload import ReloadStatus
 
-log = Logger()
+# The namespace its lines had before the package had layers: operators filter on it.
+log = Logger(namespace="tcpcomm.admin")
 
 
 class APIError(Exception):

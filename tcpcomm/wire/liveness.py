@@ -15,9 +15,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 if TYPE_CHECKING:
-    from tcpcomm.protocol import FramedProtocol
+    from tcpcomm.wire.protocol import FramedProtocol
 
-log = Logger()
+# The namespace its lines had before the package had layers: operators filter on it.
+log = Logger(namespace="tcpcomm.liveness")
 
 # Linux's TCP_USER_TIMEOUT (not in every Python's socket module).
 TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)

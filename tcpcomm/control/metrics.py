@@ -13,7 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from tcpcomm.client import ClientStatus
-from tcpcomm.hub import Hub
+from tcpcomm.hub.hub import Hub
 
 if TYPE_CHECKING:
     from tcpcomm.reload import ReloadStatus

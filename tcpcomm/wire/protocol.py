@@ -24,16 +24,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tcpcomm.eager import canWriteEagerly, writeEagerly
+from tcpcomm.hub.registry import addressText
 from tcpcomm.interfaces import IConversation, IPeer
-from tcpcomm.liveness import Watchdog, tcpSocket, tuneSocket
-from tcpcomm.registry import addressText
-from tcpcomm.tls import subjectName
+from tcpcomm.wire.eager import canWriteEagerly, writeEagerly
+from tcpcomm.wire.liveness import Watchdog, tcpSocket, tuneSocket
+from tcpcomm.wire.tls import subjectName
 
 if TYPE_CHECKING:
-    from tcpcomm.hub import Hub
+    from tcpcomm.hub.hub import Hub
 
-log = Logger()
+# The namespace its lines had before the package had layers: operators filter on it.
+log = Logger(namespace="tcpcomm.protocol")
 
 #: Most messages, heartbeats included, that one connection's input may deliver
 #: in one reactor turn. Twisted reads up to 64 KiB per connection per turn,
@@ -57,7 +58,7 @@ class Limits:
     """
     What a side allows its peers: message size, unread output, connection
     count (servers), the time a connection may take to become ready (its TLS
-    handshake), and the liveness settings (see L{tcpcomm.liveness}).
+    handshake), and the liveness settings (see L{tcpcomm.wire.liveness}).
     """
 
     maxMessageSize: int = 65536
@@ -77,7 +78,7 @@ class FramedProtocol(Protocol):
     L{frame}; this class does the rest. Each read goes to the conversation
     as one list of messages, and the replies written while it handles them
     leave as one write, straight to the socket when nothing is queued (see
-    L{tcpcomm.eager}).
+    L{tcpcomm.wire.eager}).
 
     It is also the producer of what it writes: when the transport's buffer
     fills because the peer does not read, the transport pauses it, and it
@@ -101,7 +102,7 @@ class FramedProtocol(Protocol):
     unregistered: bool = False
     #: Set by L{close} and L{abort}: what is still to be read goes unread.
     closing: bool = False
-    #: Whether writes may go straight to the socket (L{tcpcomm.eager}).
+    #: Whether writes may go straight to the socket (L{tcpcomm.wire.eager}).
     eager: bool = False
     #: What arrived after the last whole message.
     _buffer: bytes = b""
