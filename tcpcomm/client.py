@@ -126,6 +126,7 @@ class ClientFactory(MessageFactory):
         status: ClientStatus,
     ) -> None:
         super().__init__(protocol, hub, limits)
+        self.hub = hub
         self.retryPolicy = retryPolicy
         self.status = status
         retryPolicy.server = status.server

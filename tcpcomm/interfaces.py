@@ -1,4 +1,9 @@
-"""The two small interfaces that keep bytes and conversation apart."""
+"""
+The small interfaces between the layers: a connection and its conversation
+(L{IPeer}, L{IConversation}), what the wire asks of the side it serves
+(L{ISide}, L{IStats}), and what a handler sees (L{ISession}, L{IHub},
+L{IHandler}).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,10 @@ class IPeer(Interface):
     """
 
     id = Attribute("A stable text id of the peer, such as C{'127.0.0.1:40522'}.")
+    address = Attribute(
+        "The peer's address as people write it: C{host:port}, C{[host]:port}, "
+        "C{unix:path}, or C{unix} for the peer of a UNIX socket, which has no name."
+    )
     tlsSubject = Attribute("Common name of the peer's TLS certificate, or L{None}.")
     closing = Attribute("Whether L{close} or L{abort} was called: nothing more is read.")
 
@@ -74,14 +83,66 @@ class IConversation(Interface):
         """
 
 
+class IStats(Interface):
+    """
+    The running totals of a side that its connections and conversations
+    add to, each a plain integer: the peers the wire drops or refuses, and
+    what sessions skip.
+    """
+
+    oversized = Attribute("Peers dropped for a message over C{--max-message-size}.")
+    framingErrors = Attribute("Peers dropped for bytes that break the framing.")
+    slowConsumers = Attribute("Peers dropped for not reading past C{--max-pending-bytes}.")
+    timeouts = Attribute("Peers dropped by C{--idle-timeout} or C{--message-timeout}.")
+    refused = Attribute("Connections refused over the connection limit.")
+    handshakeTimeouts = Attribute("Connections not ready within C{--handshake-timeout}, dropped.")
+    handshakeEvictions = Attribute("Connections still not ready dropped to make room.")
+    heartbeatsIn = Attribute("Empty messages (heartbeats) received.")
+    decodeErrors = Attribute("Messages that did not decode.")
+
+
+class ISide(Interface):
+    """
+    A side (a server, or a client) as the factory of its connections sees
+    it: where a connection gets its conversation, and what the wire needs
+    besides.
+    """
+
+    clock = Attribute("The L{IReactorTime} to read and schedule time with.")
+    stats = Attribute("The side's L{IStats}, where the wire counts the peers it drops.")
+
+    def conversationFor(peer: IPeer) -> IConversation:
+        """
+        The conversation of C{peer}, a connection now ready to carry messages.
+        """
+
+    def connectionCount() -> int:
+        """
+        How many connections have their conversation now (what
+        C{--max-connections} counts, with those not ready yet).
+        """
+
+    def fullReply(now: float) -> bytes:
+        """
+        What a peer refused over the connection limit is told at C{now},
+        unframed.
+        """
+
+
 class ISession(Interface):
     """
     One connection as a handler sees it: text in and out, and how it is doing.
     """
 
     id = Attribute("The peer's stable text id, such as C{'127.0.0.1:40522'}.")
+    address = Attribute("The peer's address as people write it (see L{IPeer.address}).")
     tlsSubject = Attribute("Common name of the peer's TLS certificate, or L{None}.")
     since = Attribute("When the connection was made, in seconds since the epoch.")
+    lastMessage = Attribute("When the last message arrived (seconds since the epoch), or L{None}.")
+    messagesIn = Attribute("Messages received, heartbeats not counted.")
+    messagesOut = Attribute("Messages sent.")
+    bytesIn = Attribute("Bytes of the messages received, without framing.")
+    bytesOut = Attribute("Bytes of the messages sent, without framing.")
 
     def send(text: str) -> None:
         """
@@ -119,7 +180,7 @@ class IHub(Interface):
     """
 
     clock = Attribute("The L{IReactorTime} to read and schedule time with.")
-    texts = Attribute("The side's L{tcpcomm.hub.Texts}: greeting, replies, delay.")
+    texts = Attribute("The side's L{tcpcomm.templates.Texts}: greeting, replies, delay.")
 
     def sessions() -> list[ISession]:
         """

@@ -20,7 +20,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from tcpcomm.descriptors import DescriptorBudget, FileLimit
-from tcpcomm.hub.registry import PeerRegistry, addressText
+from tcpcomm.hub.registry import PeerRegistry
+from tcpcomm.wire.address import addressText
 from tcpcomm.wire.protocol import MessageFactory
 
 log = Logger()

@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint, ISt
 from tcpcomm.client import ClientFactory, ClientStatus, RetryPolicy, makeClientService
 from tcpcomm.control.admin import AdminResource, Outgoing, makeAdminSite
 from tcpcomm.control.metrics import makeRegistry
-from tcpcomm.hub.hub import Hub, Texts
+from tcpcomm.hub.hub import Hub
 from tcpcomm.logs import loggedByTcpcomm
 from tcpcomm.messagelog import MessageLog
 from tcpcomm.options import ClientOptions, Options, ServerOptions
@@ -38,6 +38,7 @@ from tcpcomm.reload import (
     describeCertificate,
 )
 from tcpcomm.server import listeningService, makeServerService
+from tcpcomm.templates import Texts
 from tcpcomm.wire.framing import FRAMINGS
 from tcpcomm.wire.protocol import Limits, MessageFactory
 

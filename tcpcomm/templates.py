@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from string import Formatter
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -69,3 +70,19 @@ class Template:
             self._cached = self._encode(self.text.format(time=stamp))
             self._second = second
         return self._cached
+
+
+@dataclass(frozen=True)
+class Texts:
+    """
+    What a side says: C{--encoding}, C{--reply-delay}, C{--reply},
+    C{--error-reply}, and the client's C{--greeting} or the server's
+    C{--full-reply}.
+    """
+
+    encoding: str
+    replyDelay: float
+    reply: Template
+    errorReply: Template
+    greeting: Template | None = None
+    fullReply: Template | None = None

@@ -12,9 +12,9 @@ from zope.interface import implementer
 
 from tcpcomm.descriptors import FileLimit
 from tcpcomm.handlers import DelayedReply, HandlerFactory
-from tcpcomm.hub.hub import Hub, Texts
+from tcpcomm.hub.hub import Hub
 from tcpcomm.interfaces import IConversation, IPeer
-from tcpcomm.templates import Template
+from tcpcomm.templates import Template, Texts
 from tcpcomm.wire.framing import FRAMINGS
 from tcpcomm.wire.protocol import FramedProtocol, Limits, MessageFactory
 
@@ -40,6 +40,16 @@ def makeHub(
         greeting=None if greeting is None else Template(greeting, encoding),
     )
     return Hub(clock, texts, handler)
+
+
+def hubOf(factory: MessageFactory) -> Hub:
+    """
+    The hub C{factory} makes conversations with (the tests' factories all
+    serve a L{Hub}).
+    """
+    hub = factory.side
+    assert isinstance(hub, Hub), hub
+    return hub
 
 
 class RecordingHub(Hub):

@@ -217,7 +217,7 @@ class EagerTCPTests(TestCase):
         await lost
         self.assertTrue(paused)
         self.assertTrue(server.closing)
-        self.assertEqual(server.factory.hub.stats.slowConsumers, 1)
+        self.assertEqual(server.factory.stats.slowConsumers, 1)
 
 
 def deferLaterZero() -> Deferred[None]:

@@ -14,10 +14,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tcpcomm.descriptors import HEADROOM, DescriptorBudget, raiseSoftLimit
-from tcpcomm.hub.hub import Texts
 from tcpcomm.options import Options
 from tcpcomm.tap import adminConnections
-from tcpcomm.templates import Template
+from tcpcomm.templates import Template, Texts
 from tcpcomm.wire.framing import FRAMINGS
 from tcpcomm.wire.protocol import REFUSAL_TIMEOUT, Limits, MessageFactory, Refusal
 
@@ -149,7 +148,7 @@ class DescriptorBudgetTests(SynchronousTestCase):
         self.assertIsInstance(extra, Refusal)
         self.assertEqual(transport.value(), b"full\n")
         self.assertTrue(transport.disconnecting)
-        self.assertEqual(factory.hub.stats.refused, 1)
+        self.assertEqual(factory.stats.refused, 1)
         self.assertEqual((events[0]["event"], events[0]["cause"]), ("refused", "file-limit"))
         self.assertIn("RLIMIT_NOFILE 40", events[0]["reason"])
         self.assertFalse(any(t.disconnecting for _, t in kept))
@@ -189,7 +188,7 @@ class RefusalTests(SynchronousTestCase):
         peer(factory, 1)
         _, transport = peer(factory, 2)
         self.assertFalse(transport.disconnected)
-        clock = factory.hub.clock
+        clock = factory.clock
         clock.advance(REFUSAL_TIMEOUT)  # type: ignore[attr-defined]
         self.assertTrue(transport.disconnected)
 
@@ -199,4 +198,4 @@ class RefusalTests(SynchronousTestCase):
         peer(factory, 1)
         refusal, _ = peer(factory, 2)
         refusal.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
-        self.assertEqual(factory.hub.clock.getDelayedCalls(), [])
+        self.assertEqual(factory.clock.getDelayedCalls(), [])

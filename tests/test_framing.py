@@ -296,11 +296,11 @@ class MessagesPerTurnTests(SynchronousTestCase):
         for framing in self.framings:
             protocol, transport, clock, factory = connect(framing, delay=0)
             protocol.dataReceived(frame(framing, b"") * (3 * MESSAGES_PER_TURN))
-            self.assertEqual(factory.hub.stats.heartbeatsIn, MESSAGES_PER_TURN, framing)
+            self.assertEqual(factory.stats.heartbeatsIn, MESSAGES_PER_TURN, framing)
             turn(clock)
-            self.assertEqual(factory.hub.stats.heartbeatsIn, 2 * MESSAGES_PER_TURN, framing)
+            self.assertEqual(factory.stats.heartbeatsIn, 2 * MESSAGES_PER_TURN, framing)
             turn(clock)
-            self.assertEqual(factory.hub.stats.heartbeatsIn, 3 * MESSAGES_PER_TURN, framing)
+            self.assertEqual(factory.stats.heartbeatsIn, 3 * MESSAGES_PER_TURN, framing)
             self.assertEqual(transport.value(), b"", framing)
 
     def test_smallReadUntouched(self) -> None:

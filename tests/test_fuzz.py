@@ -269,7 +269,7 @@ class Properties(SynchronousTestCase):
             self.assertLessEqual(buffered(protocol), limit + OVERHEAD)
         self.assertEqual(received, expected)
         self.assertEqual(transport.disconnecting, broken)
-        stats = factory.hub.stats
+        stats = factory.stats
         self.assertEqual(stats.oversized + stats.framingErrors, int(broken))
         self.assertEqual(transport.value(), b"")
 

@@ -13,13 +13,12 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from tcpcomm.handlers import Echo
-from tcpcomm.hub.hub import Texts
 from tcpcomm.options import Options
-from tcpcomm.templates import Template
+from tcpcomm.templates import Template, Texts
 from tcpcomm.wire.framing import FRAMINGS
 from tcpcomm.wire.protocol import Limits, MessageFactory, Refusal
 
-from .support import NOON, connect, makeHub
+from .support import NOON, connect, hubOf, makeHub
 from .test_framing import frame
 
 
@@ -136,7 +135,7 @@ class TimeoutTests(SynchronousTestCase):
         self.assertTrue(transport.disconnected)
         self.assertEqual(events[0]["event"], "timeout")
         self.assertIn("--idle-timeout", events[0]["log_format"])
-        self.assertEqual(factory.hub.stats.timeouts, 1)
+        self.assertEqual(factory.stats.timeouts, 1)
 
     def test_trickle(self) -> None:
         """A message trickled a byte at a time is cut at --message-timeout, idle or not."""
@@ -198,8 +197,8 @@ class HeartbeatTests(SynchronousTestCase):
             protocol.dataReceived(b"\n\r\n")
         self.assertEqual(transport.value(), b"")
         self.assertEqual(events, [])
-        self.assertEqual(factory.hub.stats.heartbeatsIn, 2)
-        self.assertEqual(factory.hub.stats.messagesIn, 0)
+        self.assertEqual(factory.stats.heartbeatsIn, 2)
+        self.assertEqual(hubOf(factory).stats.messagesIn, 0)
 
 
 class LimitOptionsTests(SynchronousTestCase):

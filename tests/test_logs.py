@@ -50,7 +50,7 @@ from tcpcomm.logs import (
 from tcpcomm.wire.framing import FRAMINGS
 from tcpcomm.wire.protocol import Limits, MessageFactory, Refusal
 
-from .support import NOON, connect, makeHub
+from .support import NOON, connect, hubOf, makeHub
 
 #: What a peer sends to forge a log line and colour the operator's terminal.
 FORGERY = "a\r\nfake [tcpcomm#info] line\x1b[31m"
@@ -299,7 +299,7 @@ class UndecodableWarningTests(SynchronousTestCase):
             (summary["of"], summary["peer"], summary["count"]),
             ("undecodable", "127.0.0.1:40000", 99),
         )
-        self.assertEqual(factory.hub.stats.decodeErrors, 100)
+        self.assertEqual(factory.stats.decodeErrors, 100)
         with capturedLogs() as events:
             protocol.dataReceived(b"\xff\n")
         self.assertEqual(len(self.warnings(events, "undecodable")), 1)
@@ -307,7 +307,7 @@ class UndecodableWarningTests(SynchronousTestCase):
     def test_perPeer(self) -> None:
         """Another peer's first undecodable message is logged while the first peer's are held back."""
         first, _, clock, factory = connect(delay=0)
-        second, _, _, _ = connect(delay=0, hub=factory.hub, port=40001)
+        second, _, _, _ = connect(delay=0, hub=hubOf(factory), port=40001)
         with capturedLogs() as events:
             first.dataReceived(b"\xff\n\xff\n")
             second.dataReceived(b"\xff\n")
@@ -338,7 +338,7 @@ class UndecodableWarningTests(SynchronousTestCase):
             protocol.connectionLost(Failure(ConnectionDone()))
         [summary] = self.warnings(events, "suppressed")
         self.assertEqual(summary["count"], 2)
-        self.assertFalse(factory.hub.undecodableLines.active)
+        self.assertFalse(hubOf(factory).undecodableLines.active)
         self.assertEqual(clock.getDelayedCalls(), [])
 
 

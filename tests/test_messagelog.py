@@ -41,7 +41,7 @@ from tcpcomm.logs import (
 from tcpcomm.messagelog import MessageLog
 
 from .processes import LOCAL_SERVER, WAIT, Daemon, assertCleanLog, scratch, waitForFile
-from .support import NOON, connect
+from .support import NOON, connect, hubOf
 from .test_logs import FORGERY, FORGERY_ESCAPED, FakeReactor, twistedAcceptErrors
 
 PEERS = ["127.0.0.1:40522", "[::1]:9527", "unix#3"]
@@ -264,9 +264,9 @@ class MessageLogTests(SynchronousTestCase):
     def test_sessionUsesHubsLog(self) -> None:
         """A session logs each message through its hub's message log, unless --no-message-log."""
         protocol, _, clock, factory = connect(clock=self.clock)
-        factory.hub.messageLog = self.log
+        hubOf(factory).messageLog = self.log
         protocol.dataReceived(b"one\ntwo\n")
-        factory.hub.logMessages = False
+        hubOf(factory).logMessages = False
         protocol.dataReceived(b"three\n")
         clock.advance(0)
         self.assertEqual(

@@ -10,9 +10,9 @@ from zope.interface import implementer
 
 from tcpcomm.client import ClientFactory, ClientStatus, RetryPolicy
 from tcpcomm.handlers import DelayedReply
-from tcpcomm.hub.hub import Hub, Texts
+from tcpcomm.hub.hub import Hub
 from tcpcomm.interfaces import IHandler, ISession
-from tcpcomm.templates import Template
+from tcpcomm.templates import Template, Texts
 from tcpcomm.wire.framing import FRAMINGS
 from tcpcomm.wire.protocol import Limits, MessageFactory
 
@@ -36,7 +36,8 @@ class PairTests(SynchronousTestCase):
             )
             return Hub(clock, texts, lambda hub: Hearing(DelayedReply(hub), heard[side]))
 
-        serverFactory = MessageFactory(FRAMINGS[framing], hub("server", None), Limits(1000))
+        serverHub = hub("server", None)
+        serverFactory = MessageFactory(FRAMINGS[framing], serverHub, Limits(1000))
         clientFactory = ClientFactory(
             FRAMINGS[framing],
             hub("client", "hello"),
@@ -50,7 +51,7 @@ class PairTests(SynchronousTestCase):
             clock=clock,
         )
         pump.flush(advanceClock=False)
-        self.assertEqual(len(serverFactory.hub.registry), 1)
+        self.assertEqual(len(serverHub.registry), 1)
         for _ in range(4):
             clock.advance(5)
             pump.flush(advanceClock=False)

@@ -2,38 +2,13 @@
 
 from __future__ import annotations
 
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from tcpcomm.hub.registry import PeerRegistry
-
-from .support import connect, makeHub
-
-
-class PeerIdTests(SynchronousTestCase):
-    """
-    Peer ids are stable and readable.
-    """
-
-    def test_ipv4(self) -> None:
-        """An IPv4 peer is host:port."""
-        self.assertEqual(PeerRegistry().idFor(IPv4Address("TCP", "10.0.0.1", 5)), "10.0.0.1:5")
-
-    def test_ipv6(self) -> None:
-        """An IPv6 peer is [host]:port."""
-        self.assertEqual(PeerRegistry().idFor(IPv6Address("TCP", "::1", 5)), "[::1]:5")
-
-    def test_unnamed(self) -> None:
-        """Peers without a name (UNIX sockets) get distinct serial ids."""
-        registry = PeerRegistry()
-        first = registry.idFor(UNIXAddress(None))
-        second = registry.idFor(UNIXAddress(None))
-        self.assertNotEqual(first, second)
-        self.assertTrue(first.startswith("unix#"), first)
+from .support import connect, hubOf, makeHub
 
 
 class RegistryTests(SynchronousTestCase):
@@ -48,7 +23,7 @@ class RegistryTests(SynchronousTestCase):
         with capturedLogs() as events:
             one, _, _, factory = connect(port=1, hub=hub)
             two, _, _, _ = connect(port=2, hub=hub)
-        self.assertIs(factory.hub, hub)
+        self.assertIs(hubOf(factory), hub)
         self.assertEqual(len(registry), 2)
         self.assertIn("127.0.0.1:1", registry)
         session = registry.get("127.0.0.1:2")
@@ -66,8 +41,8 @@ class RegistryTests(SynchronousTestCase):
         """Two hubs do not share peers (no class-level state)."""
         one, _, _, factoryOne = connect(port=1)
         two, _, _, factoryTwo = connect(port=2)
-        self.assertEqual([s.peer for s in factoryOne.hub.registry], [one])
-        self.assertEqual([s.peer for s in factoryTwo.hub.registry], [two])
+        self.assertEqual([s.peer for s in hubOf(factoryOne).registry], [one])
+        self.assertEqual([s.peer for s in hubOf(factoryTwo).registry], [two])
 
     def test_whenEmpty(self) -> None:
         """whenEmpty fires once the last peer is gone, and at once when none is there."""

@@ -44,7 +44,7 @@ from .processes import (
     scratch,
     waitForFile,
 )
-from .support import NOON
+from .support import NOON, hubOf
 
 ADMIN_PORT = r"listening on 127\.0\.0\.1:(\d+) \(admin API"
 
@@ -129,7 +129,8 @@ class ServerReloadTests(SynchronousTestCase):
         write(self.config, '[server]\nreply = "new"\nreply-delay = 1\n')
         server.reloader.reload()
         transport.clear()
-        server.factory.hub.get("127.0.0.1:40000").peer.dataReceived(b"hi\n")  # type: ignore[union-attr]
+        assert server.factory is not None
+        hubOf(server.factory).get("127.0.0.1:40000").peer.dataReceived(b"hi\n")  # type: ignore[union-attr]
         server.reactor.advance(0.9)
         self.assertEqual(transport.value(), b"")
         server.reactor.advance(0.2)
@@ -161,12 +162,12 @@ class ServerReloadTests(SynchronousTestCase):
         """A reload of a bad file is logged with file, key and value, and changes nothing."""
         server = Running(self, "server", "--config", self.config)
         assert server.factory is not None
-        texts, limits = server.factory.hub.texts, server.factory.limits
+        texts, limits = hubOf(server.factory).texts, server.factory.limits
         write(self.config, '[server]\nreply = "new"\nmax-message-size = 0\n')
         server.reactor.advance(10)
         with capturedLogs() as events:
             server.reloader.reload()
-        self.assertIs(server.factory.hub.texts, texts)
+        self.assertIs(hubOf(server.factory).texts, texts)
         self.assertIs(server.factory.limits, limits)
         [failed] = [e for e in events if e.get("event") == "reload-failed"]
         self.assertIn(f"{self.config}: [server] max-message-size = 0: ", failed["reason"])
@@ -184,7 +185,7 @@ class ServerReloadTests(SynchronousTestCase):
         byEvent = {e.get("event"): e for e in events}
         self.assertIn("--reply", byEvent["reloaded"]["applied"])
         self.assertEqual(byEvent["reload-needs-restart"]["options"], ["framing", "port"])
-        self.assertEqual(server.factory.hub.texts.reply.text, "new")
+        self.assertEqual(hubOf(server.factory).texts.reply.text, "new")
         self.assertEqual(len(server.reactor.tcpServers), 1)
 
     def test_commandLineStillWins(self) -> None:
@@ -194,7 +195,7 @@ class ServerReloadTests(SynchronousTestCase):
         write(self.config, '[server]\nreply = "old {time}"\nreply-delay = 9\n')
         with capturedLogs() as events:
             server.reloader.reload()
-        self.assertEqual(server.factory.hub.texts.replyDelay, 2.0)
+        self.assertEqual(hubOf(server.factory).texts.replyDelay, 2.0)
         [reloaded] = [e for e in events if e.get("event") == "reloaded"]
         self.assertEqual(reloaded["applied"], "nothing changed")
 
@@ -204,7 +205,7 @@ class ServerReloadTests(SynchronousTestCase):
         assert server.factory is not None
         write(self.config, "[server]\nno-message-log = true\n")
         server.reloader.reload()
-        self.assertFalse(server.factory.hub.logMessages)
+        self.assertFalse(hubOf(server.factory).logMessages)
 
     def test_withoutConfigFile(self) -> None:
         """Without --config a reload still works, and finds nothing changed."""

@@ -26,7 +26,7 @@ from tcpcomm.server import (
     systemBacklog,
 )
 
-from .support import FakeFileLimit, connect, makeHub
+from .support import FakeFileLimit, connect, hubOf, makeHub
 
 
 class DisconnectAllServiceTests(SynchronousTestCase):
@@ -110,7 +110,7 @@ class MakeServerServiceTests(SynchronousTestCase):
         """Nothing listens until the service starts; then every description is listened on."""
         reactor = MemoryReactorClock()
         _, _, _, factory = connect()
-        registry = factory.hub.registry
+        registry = hubOf(factory).registry
         service = makeServerService(
             listeners(reactor, "tcp:9527:interface=127.0.0.1:backlog=7", "tcp:9528"),
             factory,
@@ -135,7 +135,7 @@ class MakeServerServiceTests(SynchronousTestCase):
         """Stopping stops the listeners first (MultiService stops in reverse), then closes peers."""
         reactor = MemoryReactorClock()
         protocol, transport, _, factory = connect()
-        registry = factory.hub.registry
+        registry = hubOf(factory).registry
         service = makeServerService(
             listeners(reactor, "tcp:9527"), factory, registry, reactor, 10, 0, FakeFileLimit()
         )

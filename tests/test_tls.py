@@ -36,7 +36,7 @@ from tcpcomm.wire.tls import clientCreator, serverOptions
 
 from .certs import Authority
 from .processes import WAIT, Twistd, assertCleanLog, environment, readUntilClosed, scratch
-from .support import NOON, makeHub
+from .support import NOON, hubOf, makeHub
 from .test_faults import readLine, waitForCount
 
 OPENSSL = shutil.which("openssl")
@@ -656,16 +656,16 @@ class ReadyDeadlineTests(InMemoryTLSTestCase):
         protocol, transport = self.bare(factory, 1)
         self.clock.advance(9.9)
         self.assertFalse(transport.disconnecting)
-        self.assertEqual(len(factory.hub.registry), 0)
-        self.assertEqual(factory.hub.broadcast("news"), 0)
+        self.assertEqual(len(hubOf(factory).registry), 0)
+        self.assertEqual(hubOf(factory).broadcast("news"), 0)
         with capturedLogs() as events:
             self.clock.advance(0.1)
             self.assertTrue(transport.disconnected)  # aborted
             protocol.connectionLost(Failure(ConnectionAborted()))
         self.assertEqual([e["event"] for e in events], ["handshake-timeout", "lost"])
         self.assertEqual(events[0]["peer"], "127.0.0.1:1")
-        self.assertEqual(factory.hub.stats.handshakeTimeouts, 1)
-        self.assertEqual(factory.hub.stats.connectionsTotal, 0)
+        self.assertEqual(factory.stats.handshakeTimeouts, 1)
+        self.assertEqual(hubOf(factory).stats.connectionsTotal, 0)
         self.assertEqual(factory.waiting, {})
 
     def test_zeroNeverDrops(self) -> None:
@@ -681,14 +681,14 @@ class ReadyDeadlineTests(InMemoryTLSTestCase):
         server = self.serverFactory(handshakeTimeout=10)
         client = self.clientFactory(handshakeTimeout=10)
         s, c, pump = self.pair(server, client)
-        self.assertEqual(len(server.hub.registry), 1)
+        self.assertEqual(len(hubOf(server).registry), 1)
         self.assertEqual(len(client.hub.registry), 1)
         self.assertEqual(client.status.connections, 1)
         self.assertEqual(server.waiting, {})
         self.clock.advance(60)
         pump.flush(advanceClock=False)
-        self.assertEqual(len(server.hub.registry), 1)
-        self.assertEqual(server.hub.stats.handshakeTimeouts, 0)
+        self.assertEqual(len(hubOf(server).registry), 1)
+        self.assertEqual(server.stats.handshakeTimeouts, 0)
         [session] = client.hub.sessions()
         session.send("ping")
         pump.flush()  # advances the clock by 0: TLS writes wait for the next turn
@@ -706,7 +706,7 @@ class ReadyDeadlineTests(InMemoryTLSTestCase):
         self.assertEqual([e["event"] for e in events], ["handshake-timeout"])
         protocol.connectionLost(Failure(ConnectionAborted()))
         self.assertEqual(factory.status.connections, 0)
-        self.assertEqual(len(factory.hub.registry), 0)
+        self.assertEqual(len(hubOf(factory).registry), 0)
 
     def test_oldestEvictedWhenFull(self) -> None:
         """At --max-connections with peers still handshaking, a new connection takes the oldest one's place."""
@@ -720,22 +720,22 @@ class ReadyDeadlineTests(InMemoryTLSTestCase):
         self.assertFalse(younger.disconnecting)
         self.assertIsInstance(newest.wrappedProtocol, FramedProtocol)
         self.assertEqual([e["event"] for e in events], ["handshake-evicted", "connected"])
-        self.assertEqual(factory.hub.stats.handshakeEvictions, 1)
-        self.assertEqual(factory.hub.stats.refused, 0)
+        self.assertEqual(factory.stats.handshakeEvictions, 1)
+        self.assertEqual(factory.stats.refused, 0)
         self.assertEqual(len(factory.waiting), 2)
 
     def test_refusalDroppedAtDeadline(self) -> None:
         """At --max-connections with sessions only, a new TLS peer is refused, and dropped at the deadline if it never handshakes."""
         server = self.serverFactory(maxConnections=1, handshakeTimeout=10)
         self.pair(server, self.clientFactory())
-        self.assertEqual(len(server.hub.registry), 1)
+        self.assertEqual(len(hubOf(server).registry), 1)
         protocol, transport = self.bare(server, 2)
         self.assertIsInstance(protocol.wrappedProtocol, Refusal)
         self.clock.advance(10)
         self.assertTrue(transport.disconnected)
-        self.assertEqual(server.hub.stats.refused, 1)
-        self.assertEqual(server.hub.stats.handshakeTimeouts, 1)
-        self.assertEqual(len(server.hub.registry), 1)
+        self.assertEqual(server.stats.refused, 1)
+        self.assertEqual(server.stats.handshakeTimeouts, 1)
+        self.assertEqual(len(hubOf(server).registry), 1)
 
 
 class ClientProfileTests(InMemoryTLSTestCase):

@@ -33,9 +33,8 @@ from zope.interface import implementer
 from tcpcomm.client import ClientStatus
 from tcpcomm.control.openapi import openapi
 from tcpcomm.hub.hub import Hub
-from tcpcomm.hub.registry import addressText
-from tcpcomm.hub.session import Session
 from tcpcomm.interfaces import ISession
+from tcpcomm.wire.address import addressText
 
 if TYPE_CHECKING:
     from tcpcomm.reload import ReloadStatus
@@ -100,10 +99,9 @@ def describe(session: ISession) -> dict[str, Any]:
     """
     What C{GET /clients} says of one session.
     """
-    assert isinstance(session, Session)
     return {
         "id": session.id,
-        "peer": addressText(session.peer.transport.getPeer()),  # type: ignore[attr-defined]
+        "peer": session.address,
         "tlsSubject": session.tlsSubject,
         "connectedSince": isoTime(session.since),
         "lastMessage": isoTime(session.lastMessage),
@@ -410,11 +408,10 @@ def serverRoutes(hub: Hub, outgoing: Outgoing, clock: IReactorTime) -> dict[tupl
     The server's routes.
     """
 
-    def session(sessionId: str) -> Session:
+    def session(sessionId: str) -> ISession:
         found = hub.get(sessionId)
         if found is None:
             raise APIError(404, f"no client {sessionId!r} is connected")
-        assert isinstance(found, Session)
         return found
 
     def listClients(request: Request, params: list[str]) -> tuple[int, Any]:

@@ -6,7 +6,6 @@ Handlers reach other sessions through it; the admin API reads it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -15,36 +14,21 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcpcomm.hub.registry import PeerRegistry
-from tcpcomm.hub.session import Session
-from tcpcomm.interfaces import IHandler, IHub, IPeer, ISession
+from tcpcomm.hub.session import Session, Watcher
+from tcpcomm.interfaces import IHandler, IHub, IPeer, ISession, ISide, IStats
 from tcpcomm.logs import RateLimiter
 from tcpcomm.messagelog import MessageLog
-from tcpcomm.templates import Template
+from tcpcomm.templates import Texts
 
 # The namespace its lines had before the package had layers: operators filter on it.
 log = Logger(namespace="tcpcomm.hub")
-
-
-@dataclass(frozen=True)
-class Texts:
-    """
-    What a side says: C{--encoding}, C{--reply-delay}, C{--reply},
-    C{--error-reply}, and the client's C{--greeting} or the server's
-    C{--full-reply}.
-    """
-
-    encoding: str
-    replyDelay: float
-    reply: Template
-    errorReply: Template
-    greeting: Template | None = None
-    fullReply: Template | None = None
 
 
 #: The traffic counters each session keeps, which the side's totals add up.
 TRAFFIC = ("messagesIn", "messagesOut", "bytesIn", "bytesOut")
 
 
+@implementer(IStats)
 class Stats:
     """
     Running totals for the metrics: plain integers for the rare events,
@@ -112,15 +96,11 @@ class Stats:
         return self._total("bytesOut")
 
 
-#: A watcher of the traffic and of peers coming and going: called with
-#: C{(kind, session, text)}, kind one of C{in}, C{out}, C{connected}, C{lost}.
-Watcher = Callable[[str, ISession, str], None]
-
-
-@implementer(IHub)
+@implementer(IHub, ISide)
 class Hub:
     """
-    Sessions, handler and numbers of one side (a server, or a client).
+    Sessions, handler and numbers of one side (a server, or a client): the
+    L{IHub} of its handler, the L{ISide} of its connections' factory.
     """
 
     def __init__(
@@ -140,23 +120,24 @@ class Hub:
         self.registry = PeerRegistry()
         self.stats = Stats(self.registry)
         self.watchers: list[Watcher] = []
-        #: Warnings peers can repeat at will, at most one line per 10 s:
-        #: undecodable messages per peer; refused connections and connections
-        #: whose handshake did not finish, for the side.
+        #: A warning peers can repeat at will, at most one line per peer per
+        #: 10 s: undecodable messages.
         self.undecodableLines = RateLimiter(
             "undecodable", "undecodable messages from {peer}", clock
         )
-        self.refusedLines = RateLimiter("refused", "refused connections", clock)
-        self.handshakeLines = RateLimiter(
-            "handshake-timeout", "connections dropped before their handshake finished", clock
-        )
         self.handler = handlerFactory(self)
 
+    # ISide: what the factory of its connections calls.
+
     def conversationFor(self, peer: IPeer) -> Session:
-        """
-        The conversation of a new connection (for L{MessageFactory}).
-        """
         return Session(self, peer)
+
+    def connectionCount(self) -> int:
+        return len(self.registry)
+
+    def fullReply(self, now: float) -> bytes:
+        full = self.texts.fullReply
+        return full.render(now) if full is not None else b"full"
 
     # Called by sessions.
 

@@ -6,17 +6,18 @@ each message to the side's handler, whose failures stay its own.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tcpcomm.interfaces import IConversation, IPeer, ISession
-
-if TYPE_CHECKING:
-    from tcpcomm.hub.hub import Hub
+from tcpcomm.interfaces import IConversation, IHandler, IPeer, ISession, IStats
+from tcpcomm.logs import RateLimiter
+from tcpcomm.messagelog import MessageLog
+from tcpcomm.templates import Texts
 
 # The namespace its lines had before the package had layers: operators filter on it.
 log = Logger(namespace="tcpcomm.session")
@@ -25,6 +26,38 @@ log = Logger(namespace="tcpcomm.session")
 LOGGED_BYTES = 64
 UNDECODABLE = "undecodable message from {peer}: {data!r} ({reason})"
 UNDECODABLE_CUT = "undecodable message from {peer}: {data!r}... ({size} bytes; {reason})"
+
+#: A watcher of the traffic and of peers coming and going: called with
+#: C{(kind, session, text)}, kind one of C{in}, C{out}, C{connected}, C{lost}.
+Watcher = Callable[[str, ISession, str], None]
+
+
+class SessionHub(Protocol):
+    """
+    What a session needs of its side's hub (L{tcpcomm.hub.hub.Hub}), said
+    here because the hub imports the sessions it makes, not the other way.
+    """
+
+    clock: IReactorTime
+    texts: Texts
+    handler: IHandler
+    logMessages: bool
+    messageLog: MessageLog
+    watchers: list[Watcher]
+    undecodableLines: RateLimiter
+
+    @property
+    def stats(self) -> IStats: ...
+
+    def sessionStarted(self, session: Session) -> None: ...
+
+    def sessionEnded(self, session: Session, reason: Failure) -> None: ...
+
+    def failed(self, method: str, session: Session) -> None: ...
+
+    def notify(self, direction: str, session: ISession, text: str) -> None: ...
+
+    def watch(self, direction: str, session: Session, message: bytes) -> None: ...
 
 
 @implementer(IConversation, ISession)
@@ -49,7 +82,7 @@ class Session:
         "_inputEnded",
     )
 
-    def __init__(self, hub: Hub, peer: IPeer) -> None:
+    def __init__(self, hub: SessionHub, peer: IPeer) -> None:
         self.hub = hub
         self.peer = peer
         self.id: str = peer.id
@@ -60,6 +93,10 @@ class Session:
         # third of what an idle connection costs.
         self._owed: deque[IDelayedCall] | None = None
         self._inputEnded = False
+
+    @property
+    def address(self) -> str:
+        return self.peer.address
 
     @property
     def tlsSubject(self) -> str | None:

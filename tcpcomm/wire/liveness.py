@@ -8,14 +8,13 @@ turned on.
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-if TYPE_CHECKING:
-    from tcpcomm.wire.protocol import FramedProtocol
+from tcpcomm.interfaces import IPeer, IStats
 
 # The namespace its lines had before the package had layers: operators filter on it.
 log = Logger(namespace="tcpcomm.liveness")
@@ -70,12 +69,14 @@ class Watchdog:
     silence (C{idleTimeout}) and for finishing a message once begun
     (C{messageTimeout}). Activity is noted as timestamps; the one timer
     wakes at the earliest deadline and looks again, so data arriving costs
-    no timer work.
+    no timer work. A peer past a deadline is aborted and counted in the
+    side's C{stats}.
     """
 
     __slots__ = (
-        "_protocol",
+        "_peer",
         "_clock",
+        "_stats",
         "_idle",
         "_message",
         "lastData",
@@ -86,14 +87,16 @@ class Watchdog:
 
     def __init__(
         self,
-        protocol: FramedProtocol,
+        peer: IPeer,
         clock: IReactorTime,
+        stats: IStats,
         idleTimeout: float,
         messageTimeout: float,
         heartbeat: float,
     ) -> None:
-        self._protocol = protocol
+        self._peer = peer
         self._clock = clock
+        self._stats = stats
         self._idle = idleTimeout
         self._message = messageTimeout
         self.lastData = clock.seconds()
@@ -101,7 +104,7 @@ class Watchdog:
         self._timer: IDelayedCall | None = None
         self._beat: LoopingCall | None = None
         if heartbeat > 0:
-            self._beat = LoopingCall(protocol.sendMessage, b"")
+            self._beat = LoopingCall(peer.sendMessage, b"")
             self._beat.clock = clock
             self._beat.start(heartbeat, now=False)
         if idleTimeout > 0:
@@ -147,15 +150,14 @@ class Watchdog:
             self._wakeAt(min(deadlines))
 
     def _expire(self, why: str, seconds: float) -> None:
-        protocol = self._protocol
-        protocol.factory.hub.stats.timeouts += 1
+        self._stats.timeouts += 1
         log.info(
             "disconnecting {peer}: " + why,
             event="timeout",
-            peer=protocol.id,
+            peer=self._peer.id,
             seconds=seconds,
         )
-        protocol.transport.abortConnection()  # type: ignore[attr-defined]
+        self._peer.abort()
 
     def stop(self) -> None:
         """

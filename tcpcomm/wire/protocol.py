@@ -6,7 +6,6 @@ L{IPeer} face a conversation talks to.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.error import ConnectionDone
@@ -16,6 +15,7 @@ from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IHandshakeListener,
     IPushProducer,
+    IReactorTime,
     ISSLTransport,
     ITransport,
 )
@@ -24,14 +24,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tcpcomm.hub.registry import addressText
-from tcpcomm.interfaces import IConversation, IPeer
+from tcpcomm.interfaces import IConversation, IPeer, ISide, IStats
+from tcpcomm.logs import RateLimiter
+from tcpcomm.wire.address import PeerIds, addressText
 from tcpcomm.wire.eager import canWriteEagerly, writeEagerly
 from tcpcomm.wire.liveness import Watchdog, tcpSocket, tuneSocket
 from tcpcomm.wire.tls import subjectName
-
-if TYPE_CHECKING:
-    from tcpcomm.hub.hub import Hub
 
 # The namespace its lines had before the package had layers: operators filter on it.
 log = Logger(namespace="tcpcomm.protocol")
@@ -135,6 +133,10 @@ class FramedProtocol(Protocol):
         taken (see L{Split}).
         """
         raise NotImplementedError()
+
+    @property
+    def address(self) -> str:
+        return addressText(self.transport.getPeer())
 
     def hasPartial(self) -> bool:
         """
@@ -240,13 +242,15 @@ class FramedProtocol(Protocol):
         if limits.idleTimeout > 0 or limits.heartbeat > 0:
             self._watch(limits)
         self.isReady = True
-        self.conversation = factory.hub.conversationFor(self)
+        self.conversation = factory.side.conversationFor(self)
         self.conversation.connected()
 
     def _watch(self, limits: Limits) -> Watchdog:
+        factory = self.factory
         watchdog = self.watchdog = Watchdog(
             self,
-            self.factory.clock,
+            factory.clock,
+            factory.stats,
             limits.idleTimeout,
             limits.messageTimeout,
             limits.heartbeat,
@@ -260,7 +264,7 @@ class FramedProtocol(Protocol):
         self.pendingBytes += size
         limit = self.factory.limits.maxPendingBytes
         if self.pendingBytes > limit:
-            self.factory.hub.stats.slowConsumers += 1
+            self.factory.stats.slowConsumers += 1
             log.warn(
                 "disconnecting {peer}: it does not read, and {size} bytes wait to be sent "
                 "(--max-pending-bytes {limit})",
@@ -362,7 +366,7 @@ class FramedProtocol(Protocol):
         """
         if self.transport.disconnecting:  # type: ignore[attr-defined]
             return  # already said: the rest of its last chunk is moot
-        self.factory.hub.stats.oversized += 1
+        self.factory.stats.oversized += 1
         log.warn(
             "disconnecting {peer}: message of {size} bytes or more exceeds "
             "--max-message-size {limit}",
@@ -377,7 +381,7 @@ class FramedProtocol(Protocol):
         """
         The peer's bytes break the framing: say so and hang up on it.
         """
-        self.factory.hub.stats.framingErrors += 1
+        self.factory.stats.framingErrors += 1
         log.warn(
             "disconnecting {peer}: not a netstring, or one longer than --max-message-size {limit}",
             event="bad-framing",
@@ -425,14 +429,14 @@ class Refusal(Protocol):
     def __init__(
         self,
         message: bytes,
-        hub: Hub,
+        factory: MessageFactory,
         limit: int,
         cause: str,
         reason: str,
         handshakeTimeout: float = 0,
     ) -> None:
         self._message = message
-        self._hub = hub
+        self._factory = factory
         self._limit = limit
         self._cause = cause
         self._reason = reason
@@ -441,9 +445,10 @@ class Refusal(Protocol):
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
-        self._hub.stats.refused += 1
+        factory = self._factory
+        factory.stats.refused += 1
         peer = addressText(transport.getPeer())
-        if self._hub.refusedLines.allow():
+        if factory.refusedLines.allow():
             log.warn(
                 "refusing {peer}: {reason}",
                 event="refused",
@@ -460,10 +465,10 @@ class Refusal(Protocol):
         transport.write(message)
         transport.loseConnection()
         if ISSLTransport.providedBy(transport) and self._handshakeTimeout > 0:
-            self._deadline = self._hub.clock.callLater(
+            self._deadline = factory.clock.callLater(
                 self._handshakeTimeout,
                 _dropNotReady,
-                self._hub,
+                factory,
                 peer,
                 transport,
                 "the TLS handshake",
@@ -473,7 +478,7 @@ class Refusal(Protocol):
             self._lingerAtMost(transport)
 
     def _lingerAtMost(self, transport: ITransport) -> None:
-        self._deadline = self._hub.clock.callLater(
+        self._deadline = self._factory.clock.callLater(
             REFUSAL_TIMEOUT,
             transport.abortConnection,  # type: ignore[attr-defined]
         )
@@ -518,14 +523,14 @@ class Refusal(Protocol):
 
 
 def _dropNotReady(
-    hub: Hub, peer: str, transport: ITransport, waitingFor: str, timeout: float
+    factory: MessageFactory, peer: str, transport: ITransport, waitingFor: str, timeout: float
 ) -> None:
     """
     Drop a connection that did not become ready within C{--handshake-timeout}.
     """
-    hub.stats.handshakeTimeouts += 1
+    factory.stats.handshakeTimeouts += 1
     transport.abortConnection()  # type: ignore[attr-defined]
-    if not hub.handshakeLines.allow():
+    if not factory.handshakeLines.allow():
         return
     log.warn(
         "disconnecting {peer}: {waitingFor} did not finish within {timeout} s "
@@ -539,17 +544,26 @@ def _dropNotReady(
 
 class MessageFactory(Factory[FramedProtocol]):
     """
-    Builds one framing's protocols and gives each its id and conversation,
-    within the side's L{Limits}.
+    Builds one framing's protocols and gives each its id and, from the
+    side it serves, its conversation, within the side's L{Limits}.
     """
 
     protocol: type[FramedProtocol]
     noisy = False
 
-    def __init__(self, protocol: type[FramedProtocol], hub: Hub, limits: Limits) -> None:
+    def __init__(self, protocol: type[FramedProtocol], side: ISide, limits: Limits) -> None:
         self.protocol = protocol
-        self.hub = hub
-        self.clock = hub.clock
+        self.side = side
+        self.clock: IReactorTime = side.clock
+        self.stats: IStats = side.stats
+        self.ids = PeerIds()
+        #: Warnings a storm of connections can repeat at will, at most one
+        #: line per 10 s: refused connections, and connections whose
+        #: handshake did not finish.
+        self.refusedLines = RateLimiter("refused", "refused connections", self.clock)
+        self.handshakeLines = RateLimiter(
+            "handshake-timeout", "connections dropped before their handshake finished", self.clock
+        )
         #: Connections not ready yet (in their TLS handshake), oldest first,
         #: with their deadlines.
         self.waiting: dict[FramedProtocol, IDelayedCall | None] = {}
@@ -583,7 +597,7 @@ class MessageFactory(Factory[FramedProtocol]):
     def buildProtocol(self, addr: IAddress | None) -> FramedProtocol:
         limits = self.limits
         limit = self.connectionLimit
-        if limit is not None and len(self.hub.registry) + len(self.waiting) >= limit:
+        if limit is not None and self.side.connectionCount() + len(self.waiting) >= limit:
             if not self.waiting:
                 return self._refusal(limit)  # type: ignore[return-value]
             # Connections still in their handshake count, so that every
@@ -596,8 +610,7 @@ class MessageFactory(Factory[FramedProtocol]):
         return p
 
     def _refusal(self, limit: int) -> Refusal:
-        full = self.hub.texts.fullReply
-        text = full.render(self.hub.clock.seconds()) if full is not None else b"full"
+        text = self.side.fullReply(self.clock.seconds())
         if self._fileCap is None or limit == self.limits.maxConnections:
             cause, reason = "max-connections", f"--max-connections {limit} reached"
         else:
@@ -607,14 +620,14 @@ class MessageFactory(Factory[FramedProtocol]):
                 f"(--max-connections {self.limits.maxConnections})"
             )
         return Refusal(
-            self.protocol.frame(text), self.hub, limit, cause, reason, self.limits.handshakeTimeout
+            self.protocol.frame(text), self, limit, cause, reason, self.limits.handshakeTimeout
         )
 
     def peerConnected(self, peer: FramedProtocol) -> None:
         """
         Name and log a new connection.
         """
-        peer.id = self.hub.registry.idFor(peer.transport.getPeer())
+        peer.id = self.ids.idFor(peer.transport.getPeer())
         log.info("connected {peer}", event="connected", peer=peer.id)
 
     def peerWaiting(self, peer: FramedProtocol, waitingFor: str) -> None:
@@ -626,7 +639,7 @@ class MessageFactory(Factory[FramedProtocol]):
         peer.waitingFor = waitingFor
         timeout = self.limits.handshakeTimeout
         self.waiting[peer] = (
-            self.hub.clock.callLater(timeout, self._notReadyInTime, peer, timeout)
+            self.clock.callLater(timeout, self._notReadyInTime, peer, timeout)
             if timeout > 0
             else None
         )
@@ -646,15 +659,15 @@ class MessageFactory(Factory[FramedProtocol]):
     def _notReadyInTime(self, peer: FramedProtocol, timeout: float) -> None:
         del self.waiting[peer]
         peer.abandoned = True
-        _dropNotReady(self.hub, peer.id, peer.transport, peer.waitingFor, timeout)
+        _dropNotReady(self, peer.id, peer.transport, peer.waitingFor, timeout)
 
     def _evictOldest(self, limit: int) -> None:
         peer = next(iter(self.waiting))
         self._stopWaiting(peer)
         peer.abandoned = True
-        self.hub.stats.handshakeEvictions += 1
+        self.stats.handshakeEvictions += 1
         peer.abort()
-        if not self.hub.handshakeLines.allow():
+        if not self.handshakeLines.allow():
             return
         log.warn(
             "disconnecting {peer} to make room: --max-connections {limit} reached, and it "
