@@ -104,19 +104,16 @@ def serverOptions(
     without a certificate signed by that CA.
     """
     identity, chain = privateCertificate("--tls-cert", certPath, "--tls-key", keyPath)
-    if clientCAPath is None:
-        return CertificateOptions(
-            privateKey=identity.privateKey.original,
-            certificate=identity.original,
-            extraCertChain=[c.original for c in chain],
-            **profile(minVersion),
-        )
+    mutual: dict[str, Any] = {}
+    if clientCAPath is not None:
+        # A trust root makes Twisted require and verify the client's certificate.
+        cas = certificates("--tls-client-ca", clientCAPath)
+        mutual["trustRoot"] = trustRootFromCertificates(cas)
     return CertificateOptions(
         privateKey=identity.privateKey.original,
         certificate=identity.original,
         extraCertChain=[c.original for c in chain],
-        # A trust root makes Twisted require and verify the client's certificate.
-        trustRoot=trustRootFromCertificates(certificates("--tls-client-ca", clientCAPath)),
+        **mutual,
         **profile(minVersion),
     )
 
