@@ -8,7 +8,7 @@ the services start.
 from __future__ import annotations
 
 import importlib.resources
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, cast
 
@@ -140,6 +140,29 @@ def _useTLS(tls: ReloadableServerTLS | ReloadableClientTLS, new: Any) -> str | N
     return None
 
 
+def _liveTLS(
+    name: str,
+    option: str,
+    tls: ReloadableServerTLS | ReloadableClientTLS,
+    describe: Callable[[Any], str],
+    keeps: tuple[str, ...] = (),
+) -> Live:
+    """
+    The TLS settings that C{option} holds, built from files: read again on
+    every reload, whether or not an option changed, and put in place in
+    C{tls} for the next handshakes.
+    """
+    return Live(
+        name,
+        lambda o: o[option],
+        partial(_useTLS, tls),
+        sources=_tlsFile,
+        always=True,
+        describe=describe,
+        keeps=keeps,
+    )
+
+
 def addReloadService(top: MultiService, reloader: Reloader, reactor: Any) -> None:
     """
     Reload on SIGHUP, where the reactor can be called from a signal handler
@@ -160,16 +183,7 @@ def makeServer(
     tls = None
     if options["tls"] is not None:
         tls = ReloadableServerTLS(options["tls"])
-        reloader.add(
-            Live(
-                "TLS certificate",
-                lambda o: o["tls"],
-                partial(_useTLS, tls),
-                sources=_tlsFile,
-                always=True,
-                describe=describeCertificate,
-            )
-        )
+        reloader.add(_liveTLS("TLS certificate", "tls", tls, describeCertificate))
     reloader.notes += [
         f"--listen {d!r} (an ssl: endpoint reads its certificate at start only)"
         for d in options["listen"]
@@ -297,13 +311,11 @@ def makeClient(
     reloader = makeReloader(options, hub, factory, reactor, client=True)
     if tls is not None:
         reloader.add(
-            Live(
+            _liveTLS(
                 "TLS settings",
-                lambda o: o["tls-creator"],
-                partial(_useTLS, tls),
-                sources=_tlsFile,
-                always=True,
-                describe=lambda creator: "TLS settings (for the next connection)",
+                "tls-creator",
+                tls,
+                lambda creator: "TLS settings (for the next connection)",
                 keeps=("host",),
             )
         )
