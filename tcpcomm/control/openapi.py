@@ -14,16 +14,20 @@ def _error(description: str) -> dict[str, Any]:
     }
 
 
+def _allRequired(properties: dict[str, Any]) -> dict[str, Any]:
+    """
+    A schema for an object of C{properties} (their schemas by name), every
+    one of them required.
+    """
+    return {"type": "object", "properties": properties, "required": list(properties)}
+
+
 def _object(**properties: str) -> dict[str, Any]:
     """
     A schema for an object whose every property is required, each of the
     given JSON type.
     """
-    return {
-        "type": "object",
-        "properties": {name: {"type": kind} for name, kind in properties.items()},
-        "required": list(properties),
-    }
+    return _allRequired({name: {"type": kind} for name, kind in properties.items()})
 
 
 def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -70,13 +74,13 @@ def _common(protected: dict[str, Any]) -> dict[str, Any]:
                                 "lastReload": {
                                     "description": "The last load of the settings: the "
                                     "start, or the last SIGHUP reload.",
-                                    "type": "object",
-                                    "properties": {
-                                        "time": {"type": "string", "format": "date-time"},
-                                        "ok": {"type": "boolean"},
-                                        "error": {"type": "string", "nullable": True},
-                                    },
-                                    "required": ["time", "ok", "error"],
+                                    **_allRequired(
+                                        {
+                                            "time": {"type": "string", "format": "date-time"},
+                                            "ok": {"type": "boolean"},
+                                            "error": {"type": "string", "nullable": True},
+                                        }
+                                    ),
                                 },
                             },
                             "required": ["status"],
@@ -210,11 +214,7 @@ def openapi(role: str, tokenRequired: bool) -> dict[str, Any]:
                         "responses": {
                             "200": _json(
                                 "Sent; how many clients got it.",
-                                {
-                                    "type": "object",
-                                    "properties": {"received": {"type": "integer", "minimum": 0}},
-                                    "required": ["received"],
-                                },
+                                _allRequired({"received": {"type": "integer", "minimum": 0}}),
                             ),
                             **_SEND_ERRORS,
                             **protected,
@@ -279,14 +279,9 @@ def openapi(role: str, tokenRequired: bool) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": {
-                "Error": {
-                    "type": "object",
-                    "properties": {"error": {"type": "string"}},
-                    "required": ["error"],
-                },
-                "Client": {
-                    "type": "object",
-                    "properties": {
+                "Error": _object(error="string"),
+                "Client": _allRequired(
+                    {
                         "id": {"type": "string"},
                         "peer": {"type": "string"},
                         "tlsSubject": nullableString,
@@ -296,22 +291,10 @@ def openapi(role: str, tokenRequired: bool) -> dict[str, Any]:
                         "messagesOut": {"type": "integer", "minimum": 0},
                         "bytesIn": {"type": "integer", "minimum": 0},
                         "bytesOut": {"type": "integer", "minimum": 0},
-                    },
-                    "required": [
-                        "id",
-                        "peer",
-                        "tlsSubject",
-                        "connectedSince",
-                        "lastMessage",
-                        "messagesIn",
-                        "messagesOut",
-                        "bytesIn",
-                        "bytesOut",
-                    ],
-                },
-                "Status": {
-                    "type": "object",
-                    "properties": {
+                    }
+                ),
+                "Status": _allRequired(
+                    {
                         "connected": {"type": "boolean"},
                         "server": {"type": "string"},
                         "since": {**nullableString, "format": "date-time"},
@@ -321,19 +304,8 @@ def openapi(role: str, tokenRequired: bool) -> dict[str, Any]:
                         "lastError": nullableString,
                         "messagesIn": {"type": "integer", "minimum": 0},
                         "messagesOut": {"type": "integer", "minimum": 0},
-                    },
-                    "required": [
-                        "connected",
-                        "server",
-                        "since",
-                        "connections",
-                        "reconnects",
-                        "failedAttempts",
-                        "lastError",
-                        "messagesIn",
-                        "messagesOut",
-                    ],
-                },
+                    }
+                ),
             }
         },
     }
