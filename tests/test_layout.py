@@ -6,6 +6,7 @@ down only (see README's Development section).
 from __future__ import annotations
 
 import ast
+import importlib
 import os
 import textwrap
 from collections.abc import Iterable
@@ -316,3 +317,21 @@ class LayoutTests(SynchronousTestCase):
             if _within(target, CONTROL)
         ]
         self.assertEqual(found, [], "; ".join(f"{a} imports {b}" for a, b in found))
+
+
+class LogNamespaceTests(SynchronousTestCase):
+    """
+    Modules that moved into the layers log under the namespaces they had
+    before, which the README shows and log filters name.
+    """
+
+    def test_namespacesKept(self) -> None:
+        """Each moved module's logger has its old namespace."""
+        for module, namespace in [
+            ("tcpcomm.wire.protocol", "tcpcomm.protocol"),
+            ("tcpcomm.wire.liveness", "tcpcomm.liveness"),
+            ("tcpcomm.hub.session", "tcpcomm.session"),
+            ("tcpcomm.hub.hub", "tcpcomm.hub"),
+            ("tcpcomm.control.admin", "tcpcomm.admin"),
+        ]:
+            self.assertEqual(importlib.import_module(module).log.namespace, namespace, module)
