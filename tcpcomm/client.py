@@ -126,6 +126,8 @@ class ClientFactory(MessageFactory):
         status: ClientStatus,
     ) -> None:
         super().__init__(protocol, hub, limits)
+        #: The side as a hub, not only an ISide: the client's service
+        #: closes its session through it on stop.
         self.hub = hub
         self.retryPolicy = retryPolicy
         self.status = status
