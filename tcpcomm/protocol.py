@@ -614,7 +614,7 @@ class MessageFactory(Factory[FramedProtocol]):
         Name and log a new connection.
         """
         peer.id = self.hub.registry.idFor(peer.transport.getPeer())
-        log.info("connected {peer}", event="connected", peer=peer.id)
+        self.hub.messageLog.event(log, "connected {peer}", event="connected", peer=peer.id)
 
     def peerWaiting(self, peer: FramedProtocol, waitingFor: str) -> None:
         """
@@ -690,6 +690,10 @@ class MessageFactory(Factory[FramedProtocol]):
                 peer=peer.id,
                 reason=reason.getErrorMessage(),
             )
-        log.info(
-            "lost {peer}: {reason}", event="lost", peer=peer.id, reason=reason.getErrorMessage()
+        self.hub.messageLog.event(
+            log,
+            "lost {peer}: {reason}",
+            event="lost",
+            peer=peer.id,
+            reason=reason.getErrorMessage(),
         )
