@@ -166,7 +166,12 @@ class EagerTCPTests(TestCase):
         factory.buildProtocol = recording  # type: ignore[method-assign]
         port: Any = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
         self.addCleanup(port.stopListening)
-        self.addCleanup(lambda: [p.abort() for p in made])
+
+        def abortAll() -> None:
+            for protocol in made:
+                protocol.abort()
+
+        self.addCleanup(abortAll)
         return port.getHost().port, made
 
     async def test_manyRepliesInOrder(self) -> None:

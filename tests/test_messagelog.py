@@ -535,7 +535,8 @@ class ConnectionEventTests(SynchronousTestCase):
     def test_heldInOrder(self) -> None:
         """A connection's lines and its messages leave in one write, in order, each the line its event makes."""
         protocolLog = Logger(namespace="tcpcomm.protocol")
-        for logFormat in [TextFormat(), JSONFormat()]:
+        formats: list[Format] = [TextFormat(), JSONFormat()]
+        for logFormat in formats:
             clock = Clock()
             clock.advance(NOON)
             out = CountingFile()
