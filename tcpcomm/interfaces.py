@@ -110,6 +110,10 @@ class ISide(Interface):
 
     clock = Attribute("The L{IReactorTime} to read and schedule time with.")
     stats = Attribute("The side's L{IStats}, where the wire counts the peers it drops.")
+    messageLog = Attribute(
+        "The side's L{tcpcomm.messagelog.MessageLog}, where connections made and lost are "
+        "logged with the messages, in order."
+    )
 
     def conversationFor(peer: IPeer) -> IConversation:
         """

@@ -428,13 +428,30 @@ class LogObserver:
         if text:
             self._write(text)
 
-    def writeMessages(self, when: float, batch: Batch) -> None:
+    def writeMessages(self, when: float, batch: Batch, mixed: bool = False) -> None:
         """
         Write the lines of the events C{message} of C{batch}, logged at
-        C{when}.
+        C{when}; if C{mixed}, some of its items are whole events (dicts,
+        see L{tcpcomm.messagelog.MessageLog.event}), written in their place.
         """
-        if batch:
+        if not batch:
+            return
+        if not mixed:
             self._write(self._format.messageLines(when, batch))
+            return
+        parts: list[str] = []
+        run: list[tuple[str, str]] = []
+        for item in batch:
+            if isinstance(item, dict):
+                if run:
+                    parts.append(self._format.messageLines(when, run))
+                    run = []
+                parts.append(self._format(item) or "")
+            else:
+                run.append(item)
+        if run:
+            parts.append(self._format.messageLines(when, run))
+        self._write("".join(parts))
 
     def rotate(self) -> None:
         """

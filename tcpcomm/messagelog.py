@@ -14,9 +14,10 @@ observer still sees it.
 from __future__ import annotations
 
 from threading import get_ident
+from typing import Any
 
 from twisted.internet.interfaces import IReactorCore, IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from tcpcomm.logs import MESSAGE, MESSAGE_NAMESPACE, LogObserver
 
@@ -30,12 +31,14 @@ class MessageLog:
     reactor turn of C{clock}, and before anything else the observer writes.
     """
 
-    __slots__ = ("_clock", "_observer", "_lines", "_when", "_thread")
+    __slots__ = ("_clock", "_observer", "_lines", "_when", "_thread", "_mixed")
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
         self._observer: LogObserver | None = None
-        self._lines: list[tuple[str, str]] = []
+        #: C{(peer, text)} for each message, and whole events (see L{event}).
+        self._lines: list[Any] = []
+        self._mixed = False
         # The time of this turn's lines while their flush is due, else None.
         self._when: float | None = None
         # The thread that logs messages (the reactor's).
@@ -62,14 +65,50 @@ class MessageLog:
             self._startTurn()
         self._lines.append((peer, text))
 
+    def event(self, logger: Logger, format: str, **fields: object) -> None:
+        """
+        Log an info event of C{logger} that comes with the traffic (a
+        connection made or lost): held with the messages, in order, where
+        they are held, so that it costs no write of its own.
+        """
+        if self._when is None:
+            if self._observer is None:
+                logger.info(format, **fields)
+                return
+            self._startTurn()
+        fields.update(
+            log_format=format,
+            log_namespace=logger.namespace,
+            log_level=LogLevel.info,
+            log_time=self._when,
+            log_source=None,
+            log_logger=logger,
+        )
+        self._lines.append(fields)
+        self._mixed = True
+
+    def heldLines(self) -> list[Any] | None:
+        """
+        The list that this turn's lines are held in, for a caller with many
+        to log (the session, a read's worth) to append C{(peer, text)} to;
+        L{None} where each message must go through L{message} instead.
+        """
+        if self._when is None:
+            if self._observer is None:
+                return None
+            self._startTurn()
+        return self._lines
+
     def flush(self) -> None:
         """
         Write the lines held back, if any.
         """
         lines, when = self._lines, self._when
         if lines and when is not None and self._observer is not None:
-            self._lines = []
-            self._observer.writeMessages(when, lines)
+            batch = lines[:]
+            lines.clear()  # the same list: a caller of heldLines may still append to it
+            mixed, self._mixed = self._mixed, False
+            self._observer.writeMessages(when, batch, mixed)
 
     def _startTurn(self) -> None:
         # The first message of a turn: its one flush, run by the reactor

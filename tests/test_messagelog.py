@@ -404,7 +404,8 @@ class TwistdTests(SynchronousTestCase):
             self.assertNotIn("message", [e.get("event") for e in self.events])
             reactor.advance(0)
         with open(self.path, encoding="utf-8") as f:
-            text, line = f.read().splitlines()
+            # The connections' lines are held with the messages too.
+            text, line = [n for n in f.read().splitlines() if "message from" in n]
         self.assertTrue(text.endswith("[tcpcomm.session#info] message from 127.0.0.1:40522: hi"))
         self.assertEqual(json.loads(line)["message"], "hi")
 
@@ -523,3 +524,58 @@ class DaemonTests(SynchronousTestCase):
                 "text": f"message from {message['peer']}: one",
             },
         )
+
+
+class ConnectionEventTests(SynchronousTestCase):
+    """
+    Connections made and lost are held with the messages, in order, as the
+    lines their events make.
+    """
+
+    def test_heldInOrder(self) -> None:
+        """A connection's lines and its messages leave in one write, in order, each the line its event makes."""
+        protocolLog = Logger(namespace="tcpcomm.protocol")
+        formats: list[Format] = [TextFormat(), JSONFormat()]
+        for logFormat in formats:
+            clock = Clock()
+            clock.advance(NOON)
+            out = CountingFile()
+            messages = MessageLog(clock)
+            messages.attach(LogObserver(out, LineFormat(logFormat)))
+            messages.event(protocolLog, "connected {peer}", event="connected", peer="127.0.0.1:1")
+            messages.message("127.0.0.1:1", "hi")
+            messages.event(
+                protocolLog,
+                "lost {peer}: {reason}",
+                event="lost",
+                peer="127.0.0.1:1",
+                reason="gone",
+            )
+            clock.advance(0)
+            with capturedLogs() as events:
+                protocolLog.info("connected {peer}", event="connected", peer="127.0.0.1:1")
+                protocolLog.info(
+                    "lost {peer}: {reason}", event="lost", peer="127.0.0.1:1", reason="gone"
+                )
+            for event in events:
+                event["log_time"] = NOON
+            expected = (
+                (logFormat(events[0]) or "")
+                + logFormat.messageLines(NOON, [("127.0.0.1:1", "hi")])
+                + (logFormat(events[1]) or "")
+            )
+            self.assertEqual(out.getvalue(), expected)
+            self.assertEqual(out.writes, 1)
+
+    def test_eventsWithoutObserver(self) -> None:
+        """Without an observer of its own, a connection's line is the usual event."""
+        with capturedLogs() as events:
+            MessageLog(Clock()).event(
+                Logger(namespace="tcpcomm.protocol"),
+                "connected {peer}",
+                event="connected",
+                peer="127.0.0.1:1",
+            )
+        [event] = events
+        self.assertEqual((event["event"], event["peer"]), ("connected", "127.0.0.1:1"))
+        self.assertEqual(event["log_namespace"], "tcpcomm.protocol")

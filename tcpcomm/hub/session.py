@@ -129,7 +129,12 @@ class Session:
         self.lastMessage = now
         encoding = hub.texts.encoding
         handler = hub.handler
-        messageLog = hub.messageLog if hub.logMessages else None
+        held = logEach = None
+        if hub.logMessages:
+            held = hub.messageLog.heldLines()
+            if held is None:
+                logEach = hub.messageLog.message
+        sessionId = self.id
         peer = self.peer
         for message in messages:
             if not message:
@@ -139,8 +144,10 @@ class Session:
             except UnicodeDecodeError as e:
                 self._undecodable(message, e, now)
                 continue
-            if messageLog is not None:
-                messageLog.message(self.id, text)
+            if held is not None:
+                held.append((sessionId, text))
+            elif logEach is not None:
+                logEach(sessionId, text)
             if hub.watchers:
                 hub.notify("in", self, text)
             try:
@@ -181,7 +188,13 @@ class Session:
     # ISession: what handlers and the admin API call.
 
     def send(self, text: str) -> None:
-        self.sendBytes(text.encode(self.hub.texts.encoding))
+        # sendBytes, written out: a handler's every reply comes this way.
+        message = text.encode(self.hub.texts.encoding)
+        self.peer.sendMessage(message)
+        self.messagesOut += 1
+        self.bytesOut += len(message)
+        if self.hub.watchers:
+            self.hub.watch("out", self, message)
 
     def sendBytes(self, message: bytes) -> None:
         """

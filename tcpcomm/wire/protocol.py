@@ -628,7 +628,7 @@ class MessageFactory(Factory[FramedProtocol]):
         Name and log a new connection.
         """
         peer.id = self.ids.idFor(peer.transport.getPeer())
-        log.info("connected {peer}", event="connected", peer=peer.id)
+        self.side.messageLog.event(log, "connected {peer}", event="connected", peer=peer.id)
 
     def peerWaiting(self, peer: FramedProtocol, waitingFor: str) -> None:
         """
@@ -704,6 +704,10 @@ class MessageFactory(Factory[FramedProtocol]):
                 peer=peer.id,
                 reason=reason.getErrorMessage(),
             )
-        log.info(
-            "lost {peer}: {reason}", event="lost", peer=peer.id, reason=reason.getErrorMessage()
+        self.side.messageLog.event(
+            log,
+            "lost {peer}: {reason}",
+            event="lost",
+            peer=peer.id,
+            reason=reason.getErrorMessage(),
         )
