@@ -40,7 +40,8 @@ class LineFraming(FramedProtocol):
         if lines:
             if b"\r" in data:
                 lines = [line[:-1] if line[-1:] == b"\r" else line for line in lines]
-            if max(map(len, lines)) > limit:
+            # No line of a read within the limit can be over it.
+            if len(data) > limit and max(map(len, lines)) > limit:
                 for i, line in enumerate(lines):
                     if len(line) > limit:
                         return lines[:i], b"", False, len(line)
