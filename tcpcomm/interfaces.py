@@ -60,11 +60,6 @@ class IConversation(Interface):
         The connection is up and the peer can be sent messages.
         """
 
-    def messageReceived(message: bytes) -> None:
-        """
-        One whole message, with the framing removed, arrived from the peer.
-        """
-
     def messagesReceived(messages: list[bytes], now: float) -> None:
         """
         The whole messages of one read, in order, which arrived at C{now}

@@ -75,9 +75,6 @@ class Recorder:
     def connected(self) -> None:
         self.events.append("connected")
 
-    def messageReceived(self, message: bytes) -> None:
-        self.messages.append(message)
-
     def messagesReceived(self, messages: list[bytes], now: float) -> None:
         self.messages.extend(messages)
 

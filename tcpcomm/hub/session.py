@@ -107,9 +107,6 @@ class Session:
     def connected(self) -> None:
         self.hub.sessionStarted(self)
 
-    def messageReceived(self, message: bytes) -> None:
-        self.messagesReceived([message], self.hub.clock.seconds())
-
     def messagesReceived(self, messages: list[bytes], now: float) -> None:
         """
         The messages of one read, which arrived at C{now}: each decoded,

@@ -38,9 +38,7 @@ log = Logger(namespace="tcpcomm.protocol")
 #: in one reactor turn. Twisted reads up to 64 KiB per connection per turn,
 #: and 64 KiB of empty lines is 65,536 messages: past this many, the framing
 #: keeps the rest, stops reading, and goes on at the next turn, so one
-#: flooding peer leaves the reactor to everyone else in between. A batch of
-#: 1,024 empty lines or int32 messages takes 0.2-0.6 ms (netstrings, which
-#: Twisted's receiver copies the rest of the read for each, about 4 ms).
+#: flooding peer leaves the reactor to everyone else in between.
 MESSAGES_PER_TURN = 1024
 
 #: What a framing's C{split} makes of the bytes at hand: the whole messages
