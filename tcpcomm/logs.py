@@ -2,7 +2,7 @@
 tcpcomm's own log observer for twistd, in text or JSON (C{--log-format}),
 written where twistd would have written its log (standard output with C{-n}
 or C{--logfile -}, else C{--logfile}, default C{twistd.log}, rotated at 1 MB
-and on SIGUSR1), and the rate limiter for log lines peers can repeat at will.
+and on SIGUSR1 without renaming older files), and the rate limiter for log lines peers can repeat at will.
 
 Owning the observer is what lets tcpcomm escape control characters in text
 lines (a peer's text must not forge a line or drive a terminal) and hold
@@ -12,6 +12,7 @@ back Twisted's own storms of accept errors.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Hashable, Sequence
@@ -23,10 +24,10 @@ from typing import IO, Any, Protocol, cast
 from twisted.application.service import IServiceCollection, MultiService
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent, formatTime
+from twisted.python import logfile, threadable
 from twisted.python.compat import ioType
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
-from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
 log = Logger()
@@ -482,6 +483,45 @@ class LogObserver:
         out = self._out
         out.write(text if self._encoding is None else text.encode(self._encoding))
         out.flush()
+
+
+class LogFile(logfile.LogFile):
+    """
+    twistd's log file, rotated at 1 MB and on demand, but to the next number
+    up: the live file becomes C{NAME.N+1}, the highest number is the newest,
+    and no older file is touched.
+
+    twistd's own renames every older file one number up at each rotation,
+    which costs a rename per file ever rotated: a daemon that logs each
+    message rotates every second or so, and after a day each rotation would
+    stall the reactor for the better part of a second.
+    """
+
+    # Its own rotate, under the lock that twistd's write already takes.
+    synchronized = ["rotate"]
+
+    def __init__(self, name: str, directory: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(name, directory, *args, **kwargs)
+        self._next = max(self.listLogs(), default=0) + 1
+
+    def rotate(self) -> None:
+        """
+        Close the live file, rename it to the next free number, and open a
+        new one; as twistd's, nothing happens where the file or its folder
+        cannot be written.
+        """
+        if not (os.access(self.directory, os.W_OK) and os.access(self.path, os.W_OK)):
+            return
+        while os.path.exists(f"{self.path}.{self._next}"):
+            self._next += 1  # made by someone else meanwhile: never overwritten
+        self._file.close()
+        os.rename(self.path, f"{self.path}.{self._next}")
+        self._next += 1
+        self._openFile()
+
+
+# As twistd's: a line from another thread never meets a rotation half done.
+threadable.synchronize(LogFile)
 
 
 def makeObserver(

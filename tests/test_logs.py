@@ -40,6 +40,7 @@ from tcpcomm.logs import (
     JSONFormat,
     LineFormat,
     LogDestination,
+    LogFile,
     RateLimiter,
     TextFormat,
     escapeControl,
@@ -543,6 +544,73 @@ def nullObserver() -> ILogObserver:
     A log observer factory for C{--logger}.
     """
     return lambda event: None  # type: ignore[return-value]
+
+
+class LogFileTests(SynchronousTestCase):
+    """
+    The log file rotates to the next number up and never renames an older file.
+    """
+
+    def setUp(self) -> None:
+        self.folder = self.mktemp()
+        os.mkdir(self.folder)
+        self.path = os.path.join(self.folder, "server.log")
+
+    def read(self, path: str) -> str:
+        with open(path) as f:
+            return f.read()
+
+    def test_rotatesUpward(self) -> None:
+        """Each rotation moves the live file to the next number, so the highest number holds the newest lines."""
+        logFile = LogFile.fromFullPath(self.path)
+        self.addCleanup(logFile.close)
+        for text in ("first\n", "second\n", "third\n"):
+            logFile.write(text)
+            logFile.rotate()
+        logFile.write("live\n")
+        logFile.flush()
+        self.assertEqual(
+            [self.read(f"{self.path}.{n}") for n in (1, 2, 3)], ["first\n", "second\n", "third\n"]
+        )
+        self.assertEqual(self.read(self.path), "live\n")
+
+    def test_olderFilesUntouched(self) -> None:
+        """A rotation renames only the live file: the older files keep their names and their inodes."""
+        logFile = LogFile.fromFullPath(self.path)
+        self.addCleanup(logFile.close)
+        logFile.write("a\n")
+        logFile.rotate()
+        before = os.stat(self.path + ".1").st_ino
+        logFile.write("b\n")
+        logFile.rotate()
+        self.assertEqual(os.stat(self.path + ".1").st_ino, before)
+        self.assertEqual(self.read(self.path + ".1"), "a\n")
+
+    def test_continuesNumbering(self) -> None:
+        """A log file opened beside rotated files rotates past the highest number, and never over a file made meanwhile."""
+        for n in (1, 2, 7):
+            with open(f"{self.path}.{n}", "w") as f:
+                f.write(f"old {n}\n")
+        logFile = LogFile.fromFullPath(self.path)
+        self.addCleanup(logFile.close)
+        with open(self.path + ".8", "w") as f:
+            f.write("made meanwhile\n")
+        logFile.write("new\n")
+        logFile.rotate()
+        self.assertEqual(self.read(self.path + ".8"), "made meanwhile\n")
+        self.assertEqual(self.read(self.path + ".9"), "new\n")
+        self.assertEqual(self.read(self.path + ".7"), "old 7\n")
+
+    def test_rotatesAtSize(self) -> None:
+        """Past 1 MB the next write goes to a new file, and the full one is kept whole."""
+        logFile = LogFile.fromFullPath(self.path)
+        self.addCleanup(logFile.close)
+        line = "x" * 999 + "\n"
+        for _ in range(1001):
+            logFile.write(line)
+        logFile.flush()
+        self.assertEqual(os.path.getsize(self.path + ".1"), 1_000_000)
+        self.assertEqual(self.read(self.path), line)
 
 
 class TwistdChoiceTests(SynchronousTestCase):

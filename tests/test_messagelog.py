@@ -21,7 +21,6 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, capturedLogs, formatTime
-from twisted.python.logfile import LogFile
 from twisted.scripts._twistd_unix import ServerOptions as TwistdOptions
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -32,6 +31,7 @@ from tcpcomm.logs import (
     JSONFormat,
     LineFormat,
     LogDestination,
+    LogFile,
     LogObserver,
     TextFormat,
     escapeControl,
