@@ -132,6 +132,7 @@ _ESCAPES.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x202
 
 
 _ASCII_CONTROLS = bytes(range(0x20)) + b"\x7f"
+_CONTROL_CHARACTERS = tuple(map(chr, _ASCII_CONTROLS))
 
 
 def _plain(text: str) -> bool:
@@ -140,6 +141,13 @@ def _plain(text: str) -> bool:
     that has nothing to escape all the same.
     """
     if text.isascii():  # known without a scan
+        if len(text) > 2048:
+            # A batch of lines: one memchr per control character is about
+            # twice as fast as a pass through a translation table.
+            for character in _CONTROL_CHARACTERS:
+                if character in text:
+                    return False
+            return True
         # Three times faster than isprintable, for the text most peers send.
         data = text.encode("ascii")
         return len(data.translate(None, _ASCII_CONTROLS)) == len(data)

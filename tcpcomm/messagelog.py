@@ -23,6 +23,12 @@ from tcpcomm.logs import MESSAGE, MESSAGE_NAMESPACE, LogObserver
 
 log = Logger(namespace=MESSAGE_NAMESPACE)
 
+#: Held lines are written once the reads they came from pass this many
+#: bytes, even within a turn: a turn of many busy peers would otherwise
+#: build its batch as one string of megabytes, which the allocator maps
+#: afresh (and the kernel zeroes page by page) several times per write.
+FLUSH_BYTES = 64 * 1024
+
 
 class MessageLog:
     """
@@ -31,13 +37,15 @@ class MessageLog:
     reactor turn of C{clock}, and before anything else the observer writes.
     """
 
-    __slots__ = ("_clock", "_observer", "_lines", "_when", "_thread", "_mixed")
+    __slots__ = ("_clock", "_observer", "_lines", "_size", "_when", "_thread", "_mixed")
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
         self._observer: LogObserver | None = None
         #: C{(peer, text)} for each message, and whole events (see L{event}).
         self._lines: list[Any] = []
+        # The bytes of the reads whose lines are held.
+        self._size = 0
         self._mixed = False
         # The time of this turn's lines while their flush is due, else None.
         self._when: float | None = None
@@ -87,16 +95,21 @@ class MessageLog:
         self._lines.append(fields)
         self._mixed = True
 
-    def heldLines(self) -> list[Any] | None:
+    def heldLines(self, size: int = 0) -> list[Any] | None:
         """
         The list that this turn's lines are held in, for a caller with many
-        to log (the session, a read's worth) to append C{(peer, text)} to;
-        L{None} where each message must go through L{message} instead.
+        to log (the session, a read of C{size} bytes) to append C{(peer,
+        text)} to; L{None} where each message must go through L{message}
+        instead. What is held is written first if this read would take it
+        past L{FLUSH_BYTES}.
         """
         if self._when is None:
             if self._observer is None:
                 return None
             self._startTurn()
+        elif self._size + size > FLUSH_BYTES:
+            self.flush()
+        self._size += size
         return self._lines
 
     def flush(self) -> None:
@@ -107,6 +120,7 @@ class MessageLog:
         if lines and when is not None and self._observer is not None:
             batch = lines[:]
             lines.clear()  # the same list: a caller of heldLines may still append to it
+            self._size = 0
             mixed, self._mixed = self._mixed, False
             self._observer.writeMessages(when, batch, mixed)
 
@@ -122,6 +136,7 @@ class MessageLog:
             self.flush()
         finally:
             self._when = None
+            self._size = 0
 
     def _beforeWrite(self) -> None:
         # Another line is about to be written: the lines held back go first,

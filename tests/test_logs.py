@@ -37,6 +37,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tcpcomm import tap
 from tcpcomm.logs import (
+    _ESCAPES,
     JSONFormat,
     LineFormat,
     LogDestination,
@@ -133,6 +134,15 @@ class EscapeControlTests(SynchronousTestCase):
             escapeControl("a\nb\rc\td\x00e\x1b[31mf\x7fg\x85h\x9bi\u2028j\u2029k"),
             "a\\nb\\rc\\td\\x00e\\x1b[31mf\\x7fg\\x85h\\x9bi\\u2028j\\u2029k",
         )
+
+    def test_longText(self) -> None:
+        """In long ASCII text, as a batch of message lines is, each control character is found wherever it is."""
+        long = "x" * 5000
+        self.assertIs(escapeControl(long), long)
+        for control in [*range(0x20), 0x7F]:
+            for where in (0, 2500, 4999):
+                text = long[:where] + chr(control) + long[where + 1 :]
+                self.assertEqual(escapeControl(text), text.translate(_ESCAPES))
 
     def test_otherNonPrintablesKept(self) -> None:
         """Characters that are not control characters, such as a no-break space, are kept."""

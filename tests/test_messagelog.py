@@ -274,6 +274,22 @@ class MessageLogTests(SynchronousTestCase):
             ["message from 127.0.0.1:40000: one", "message from 127.0.0.1:40000: two"],
         )
 
+    def test_boundedBatch(self) -> None:
+        """Within one turn, the lines held are written before the reads they came from pass 64 KiB, in order and each once."""
+        protocols = [connect(clock=self.clock) for _ in range(3)]
+        sent = []
+        for n, (protocol, _, _, factory) in enumerate(protocols):
+            hubOf(factory).messageLog = self.log
+            messages = [f"{n}-{i}-" + "x" * 1000 for i in range(30)]
+            sent += messages
+            protocol.dataReceived("".join(f"{m}\n" for m in messages).encode())
+        # Three reads of 30 KiB each: the first two written when the third came.
+        self.assertEqual(self.out.writes, 1)
+        self.assertEqual(len(self.lines()), 60)
+        self.clock.advance(0)
+        self.assertEqual(self.out.writes, 2)
+        self.assertEqual([line.rsplit(": ", 1)[1] for line in self.lines()], sent)
+
     def test_shutdownFlushes(self) -> None:
         """What a turn holds is written when the reactor shuts down, and only once."""
         reactor = MemoryReactorClock()

@@ -122,13 +122,14 @@ class Session:
             if heartbeats == len(messages):
                 return
         self.messagesIn += len(messages) - heartbeats
-        self.bytesIn += sum(map(len, messages))
+        size = sum(map(len, messages))
+        self.bytesIn += size
         self.lastMessage = now
         encoding = hub.texts.encoding
         handler = hub.handler
         held = logEach = None
         if hub.logMessages:
-            held = hub.messageLog.heldLines()
+            held = hub.messageLog.heldLines(size)
             if held is None:
                 logEach = hub.messageLog.message
         sessionId = self.id
