@@ -3,6 +3,26 @@ The admin HTTP API (C{--admin}): JSON over C{twisted.web}, in the daemon's
 own reactor. The server's lists its clients and sends to, broadcasts to and
 disconnects them; the client's tells how its connection is doing and sends
 to its server. Both serve C{/healthz}, C{/metrics} and C{/openapi.json}.
+
+One route table (L{serverRoutes}, L{clientRoutes}, and the routes both have
+in L{AdminResource}) is the single source of the dispatch and of
+C{/openapi.json}. To add a route, add one entry to its table::
+
+    ("GET", "/queues"): Route(
+        listQueues,
+        Doc(
+            "listQueues",
+            "The messages waiting for each name.",
+            {"200": jsonResponse("The queues.", ref("Queues"))},
+            schemas={"Queues": QUEUES_SCHEMA},
+        ),
+    ),
+
+the handler, then its L{Doc}: a stable operation id, a summary and each
+response it gives, with its query parameters (C{parameters=}) and body
+(C{requestBody=}, with C{body=True} on the route) if any. A path parameter
+(C{{id}}) is described once, in L{tcpcomm.control.openapi.PATH_PARAMETERS};
+the 401 of a route that is not C{public} is added for it.
 """
 
 from __future__ import annotations
@@ -31,7 +51,21 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from tcpcomm.client import ClientStatus
-from tcpcomm.control.openapi import openapi
+from tcpcomm.control.openapi import (
+    CLIENT_SCHEMA,
+    HEALTHZ_SCHEMA,
+    SEND_ERRORS,
+    STATUS_SCHEMA,
+    TEXT_BODY,
+    Doc,
+    allRequired,
+    document,
+    error,
+    jsonResponse,
+    ref,
+    simpleObject,
+    textResponse,
+)
 from tcpcomm.hub.hub import Hub
 from tcpcomm.interfaces import ISession
 from tcpcomm.wire.address import addressText
@@ -131,11 +165,13 @@ Handler = Callable[[Request, list[str]], Any]
 class Route:
     """
     One entry of a route table: the handler, and what the API knows of the
-    route before reading a request's body. The table is the one place that
-    says which paths need no token and which routes take a body.
+    route before reading a request's body, and what C{/openapi.json} says
+    of it. The table is the one place that says which paths need no token
+    and which routes take a body.
     """
 
     handler: Handler
+    doc: Doc
     #: Needs no token: the health check, and the dashboard page, which holds
     #: no data (browsers cannot send a token when opening a page).
     public: bool = False
@@ -180,14 +216,13 @@ class AdminResource(Resource):
         self,
         routes: dict[tuple[str, str], Route],
         metrics: CollectorRegistry,
-        spec: dict[str, Any],
+        role: str,
         token: str | None,
         maxBody: int,
         dashboard: bytes | None = None,
         reloads: ReloadStatus | None = None,
     ) -> None:
         super().__init__()
-        specBody = json.dumps(spec, indent=1).encode()
 
         def healthz(request: Request, params: list[str]) -> tuple[int, Any]:
             if reloads is None:
@@ -195,24 +230,56 @@ class AdminResource(Resource):
             lastReload = {"time": isoTime(reloads.time), "ok": reloads.ok, "error": reloads.error}
             return 200, {"status": "ok", "lastReload": lastReload}
 
+        def openapi(request: Request, params: list[str]) -> tuple[int, Any]:
+            body = json.dumps(self.openapi(), indent=1).encode()
+            return 200, Raw(b"application/json", body)
+
         builtIn: dict[tuple[str, str], Route] = {
-            ("GET", "/healthz"): Route(healthz, public=True),
+            ("GET", "/healthz"): Route(
+                healthz,
+                Doc(
+                    "healthz",
+                    "Is the daemon up? Never needs a token.",
+                    {"200": jsonResponse("Up.", HEALTHZ_SCHEMA)},
+                ),
+                public=True,
+            ),
             ("GET", "/metrics"): Route(
                 lambda request, params: (
                     200,
                     Raw(CONTENT_TYPE_LATEST.encode(), generate_latest(metrics)),
-                )
+                ),
+                Doc(
+                    "metrics",
+                    "Prometheus metrics.",
+                    {"200": textResponse("Metrics in Prometheus' text format.", "text/plain")},
+                ),
             ),
             ("GET", "/openapi.json"): Route(
-                lambda request, params: (200, Raw(b"application/json", specBody))
+                openapi,
+                Doc(
+                    "openapi",
+                    "This document.",
+                    {"200": jsonResponse("The OpenAPI document.", {"type": "object"})},
+                ),
             ),
         }
         if dashboard is not None:
             page = Raw(b"text/html; charset=utf-8", dashboard)
-            builtIn[("GET", "/")] = Route(lambda request, params: (200, page), public=True)
+            builtIn[("GET", "/")] = Route(
+                lambda request, params: (200, page),
+                Doc(
+                    "dashboard",
+                    "The dashboard page (it holds no data, so needs no token).",
+                    {"200": textResponse("An HTML page.", "text/html")},
+                ),
+                public=True,
+            )
+        self.role = role
+        self.table = {**builtIn, **routes}
         self._routes = [
             (method, re.compile("^" + re.sub(r"\{\w+\}", "([^/]+)", path) + "$"), route)
-            for (method, path), route in {**builtIn, **routes}.items()
+            for (method, path), route in self.table.items()
         ]
         self.token = token
         self.maxBody = maxBody
@@ -237,6 +304,19 @@ class AdminResource(Resource):
         if length is not None and length > limit:
             raise _tooLarge(limit, length)
         return limit
+
+    def openapi(self) -> dict[str, Any]:
+        """
+        The OpenAPI document of the routes, as the token stands now.
+        """
+        return document(
+            self.role,
+            [
+                (method, path, route.public, route.doc)
+                for (method, path), route in self.table.items()
+            ],
+            self.token is not None,
+        )
 
     def setToken(self, token: str | None) -> None:
         """
@@ -439,13 +519,88 @@ def serverRoutes(hub: Hub, outgoing: Outgoing, clock: IReactorTime) -> dict[tupl
         log.info("admin: disconnecting {peer}", event="admin-disconnect", peer=target.id)
         return 200, {"id": target.id, "disconnected": True}
 
+    absent = error("No such client is connected.")
+    clientsLinks = {
+        name: {"operationId": name, "parameters": {"id": "$response.body#/0/id"}}
+        for name in ("getClient", "sendToClient", "disconnectClient")
+    }
+    clientSchema = {"Client": CLIENT_SCHEMA}
     return {
-        ("GET", "/clients"): Route(listClients),
-        ("GET", "/clients/{id}"): Route(showClient),
-        ("POST", "/clients/{id}/messages"): Route(sendMessage, body=True),
-        ("POST", "/clients/{id}/disconnect"): Route(disconnect),
-        ("POST", "/broadcast"): Route(broadcast, body=True),
-        ("GET", "/events"): Route(EventStream(hub, clock)),
+        ("GET", "/clients"): Route(
+            listClients,
+            Doc(
+                "listClients",
+                "Every connected client.",
+                {
+                    "200": {
+                        **jsonResponse("The clients.", {"type": "array", "items": ref("Client")}),
+                        "links": clientsLinks,
+                    }
+                },
+                schemas=clientSchema,
+            ),
+        ),
+        ("GET", "/clients/{id}"): Route(
+            showClient,
+            Doc(
+                "getClient",
+                "One connected client.",
+                {"200": jsonResponse("The client.", ref("Client")), "404": absent},
+                schemas=clientSchema,
+            ),
+        ),
+        ("POST", "/clients/{id}/messages"): Route(
+            sendMessage,
+            Doc(
+                "sendToClient",
+                "Send one message to one client.",
+                {
+                    "200": jsonResponse("Sent.", simpleObject(id="string", sent="integer")),
+                    "404": absent,
+                    **SEND_ERRORS,
+                },
+                requestBody=TEXT_BODY,
+            ),
+            body=True,
+        ),
+        ("POST", "/clients/{id}/disconnect"): Route(
+            disconnect,
+            Doc(
+                "disconnectClient",
+                "Close one client's connection.",
+                {
+                    "200": jsonResponse(
+                        "Closing.", simpleObject(id="string", disconnected="boolean")
+                    ),
+                    "404": absent,
+                },
+            ),
+        ),
+        ("POST", "/broadcast"): Route(
+            broadcast,
+            Doc(
+                "broadcast",
+                "Send one message to every client.",
+                {
+                    "200": jsonResponse(
+                        "Sent; how many clients got it.",
+                        allRequired({"received": {"type": "integer", "minimum": 0}}),
+                    ),
+                    **SEND_ERRORS,
+                },
+                requestBody=TEXT_BODY,
+            ),
+            body=True,
+        ),
+        ("GET", "/events"): Route(
+            EventStream(hub, clock),
+            Doc(
+                "events",
+                "Messages in and out and clients coming and going, as Server-Sent Events "
+                "(JSON objects with kind, peer, text, time).",
+                {"200": textResponse("An endless event stream.", "text/event-stream")},
+            ),
+        ),
     }
 
 
@@ -481,8 +636,29 @@ def clientRoutes(
         return 200, {"server": status.server, "sent": 1}
 
     return {
-        ("GET", "/status"): Route(showStatus),
-        ("POST", "/messages"): Route(sendMessage, body=True),
+        ("GET", "/status"): Route(
+            showStatus,
+            Doc(
+                "status",
+                "How the connection to the server is doing.",
+                {"200": jsonResponse("The status.", ref("Status"))},
+                schemas={"Status": STATUS_SCHEMA},
+            ),
+        ),
+        ("POST", "/messages"): Route(
+            sendMessage,
+            Doc(
+                "sendToServer",
+                "Send one message to the server.",
+                {
+                    "200": jsonResponse("Sent.", simpleObject(server="string", sent="integer")),
+                    "503": error("Not connected to the server right now."),
+                    **SEND_ERRORS,
+                },
+                requestBody=TEXT_BODY,
+            ),
+            body=True,
+        ),
     }
 
 
@@ -733,12 +909,12 @@ def makeAdminSite(
     """
     if status is None:
         routes = serverRoutes(hub, outgoing, clock)
-        spec = openapi("server", token is not None)
+        role = "server"
     else:
         routes = clientRoutes(hub, status, outgoing)
-        spec = openapi("client", token is not None)
+        role = "client"
         dashboard = None
     resource = AdminResource(
-        routes, metrics, spec, token, outgoing.maxMessageSize, dashboard, reloads
+        routes, metrics, role, token, outgoing.maxMessageSize, dashboard, reloads
     )
     return AdminSite(resource, maxConnections, clock)
