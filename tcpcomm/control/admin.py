@@ -30,6 +30,8 @@ from __future__ import annotations
 import hmac
 import json
 import re
+import secrets
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -399,6 +401,57 @@ class AdminResource(Resource):
         return json.dumps(body).encode() + b"\n"
 
 
+#: One event as L{RecentEvents} keeps it: its sequence number, time, kind,
+#: peer and text.
+Event = tuple[int, float, str, str, str]
+
+
+class RecentEvents:
+    """
+    The hub's one watcher for C{GET /events}: it numbers each event, keeps
+    the last L{size} of them (their texts cut to L{maxText} characters), and
+    hands each to the readers of the stream. A reader that comes opens with
+    the events kept, so the dashboard's tail does not start empty; one that
+    comes back with C{Last-Event-ID} gets only those it missed.
+
+    Each event id is this process's mark and the event's number, so that a
+    reader coming back after a restart gets every event kept, not none.
+    """
+
+    size = 100
+    maxText = 1024
+
+    def __init__(self, hub: Hub, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._events: deque[Event] = deque(maxlen=self.size)
+        self._number = 0
+        self.mark = secrets.token_hex(4)
+        self.readers: list[_Subscriber] = []
+        hub.watchers.append(self.watch)
+
+    def watch(self, kind: str, session: ISession, text: str) -> None:
+        self._number += 1
+        event = (self._number, self._clock.seconds(), kind, session.id, text)
+        for reader in list(self.readers):
+            reader.send(event)
+        if len(text) > self.maxText:
+            event = (*event[:4], text[: self.maxText] + "…")
+        self._events.append(event)
+
+    def eventId(self, number: int) -> str:
+        return f"{self.mark}-{number}"
+
+    def since(self, lastId: str | None) -> list[Event]:
+        """
+        The events kept that came after the one C{lastId} names: all of them
+        if it names none, or one of another process.
+        """
+        mark, _, number = (lastId or "").strip().partition("-")
+        if mark == self.mark and number.isdigit():
+            return [e for e in self._events if e[0] > int(number)]
+        return list(self._events)
+
+
 @implementer(IPushProducer)
 class _Subscriber:
     """
@@ -409,27 +462,37 @@ class _Subscriber:
     stream.
     """
 
-    def __init__(self, hub: Hub, request: Request, clock: IReactorTime, keepalive: float) -> None:
-        self._hub = hub
+    def __init__(
+        self,
+        recent: RecentEvents,
+        request: Request,
+        clock: IReactorTime,
+        keepalive: float,
+        lastId: str | None,
+    ) -> None:
+        self._recent = recent
         self._request = request
-        self._clock = clock
         self._paused = False
         self._dropped = 0
         self._keepalive = LoopingCall(request.write, b": keep-alive\n\n")
         self._keepalive.clock = clock
         request.registerProducer(self, True)
         request.write(b": tcpcomm events\n\n")
-        hub.watchers.append(self.watch)
+        for event in recent.since(lastId):
+            self.send(event)
+        recent.readers.append(self)
         self._keepalive.start(keepalive, now=False)
         request.notifyFinish().addBoth(self._finished)
 
-    def watch(self, kind: str, session: ISession, text: str) -> None:
+    def send(self, event: Event) -> None:
         if self._paused:
             self._dropped += 1
             return
-        event = {"kind": kind, "peer": session.id, "text": text}
-        event["time"] = isoTime(self._clock.seconds())
-        self._request.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+        number, when, kind, peer, text = event
+        data = json.dumps({"kind": kind, "peer": peer, "text": text, "time": isoTime(when)})
+        self._request.write(
+            b"id: %s\ndata: %s\n\n" % (self._recent.eventId(number).encode(), data.encode())
+        )
 
     def pauseProducing(self) -> None:
         self._paused = True
@@ -446,8 +509,8 @@ class _Subscriber:
         self._paused = True
 
     def _finished(self, result: object) -> None:
-        if self.watch in self._hub.watchers:
-            self._hub.watchers.remove(self.watch)
+        if self in self._recent.readers:
+            self._recent.readers.remove(self)
         if self._keepalive.running:
             self._keepalive.stop()
 
@@ -455,19 +518,27 @@ class _Subscriber:
 class EventStream:
     """
     C{GET /events}: the traffic and the comings and goings of peers, as
-    Server-Sent Events, for the dashboard's live tail.
+    Server-Sent Events, for the dashboard's live tail; it opens with the
+    last events (L{RecentEvents}).
     """
 
     keepalive = 20.0
 
     def __init__(self, hub: Hub, clock: IReactorTime) -> None:
-        self._hub = hub
         self._clock = clock
+        self.recent = RecentEvents(hub, clock)
 
     def __call__(self, request: Request, params: list[str]) -> object:
         request.setHeader(b"content-type", b"text/event-stream")
         request.setHeader(b"cache-control", b"no-store")
-        _Subscriber(self._hub, request, self._clock, self.keepalive)
+        lastId = request.getHeader(b"last-event-id")
+        _Subscriber(
+            self.recent,
+            request,
+            self._clock,
+            self.keepalive,
+            None if lastId is None else lastId.decode("ascii", "replace"),
+        )
         return NOT_DONE_YET
 
 
