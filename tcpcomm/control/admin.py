@@ -430,10 +430,12 @@ class RecentEvents:
         hub.watchers.append(self.watch)
 
     def watch(self, kind: str, session: ISession, text: str) -> None:
+        # On every message of a server with --admin: kept to a few steps.
         self._number += 1
         event = (self._number, self._clock.seconds(), kind, session.id, text)
-        for reader in list(self.readers):
-            reader.send(event)
+        if self.readers:
+            for reader in list(self.readers):
+                reader.send(event)
         if len(text) > self.maxText:
             event = (*event[:4], text[: self.maxText] + "…")
         self._events.append(event)
