@@ -670,8 +670,18 @@ def serverRoutes(hub: Hub, outgoing: Outgoing, clock: IReactorTime) -> dict[tupl
             Doc(
                 "events",
                 "Messages in and out and clients coming and going, as Server-Sent Events "
-                "(JSON objects with kind, peer, text, time).",
+                "(JSON objects with kind, peer, text, time); it opens with the last 100.",
                 {"200": textResponse("An endless event stream.", "text/event-stream")},
+                parameters=[
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "description": "The id of the last event read: the stream opens "
+                        "with the kept events after it only.",
+                        "schema": {"type": "string"},
+                    }
+                ],
             ),
         ),
     }
