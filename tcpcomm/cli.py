@@ -4,7 +4,12 @@ The C{tcpcomm} command line: a small client of a running daemon's admin API
 without writing HTTP requests by hand.
 
 It makes one blocking request with C{urllib} and exits: a short-lived
-command gains nothing from the reactor. Every failure an operator can cause
+command gains nothing from the reactor. C{--admin} is a URL, or the
+C{unix:PATH} endpoint of a daemon whose admin API is on a UNIX socket (the
+same string as the daemon's own C{--admin}).
+
+Each command is one entry in L{parser}: the request it makes (a L{Call})
+and how to show its answer (a L{Show}). Every failure an operator can cause
 (a daemon that is down, a wrong URL or token, an unknown client) ends with
 one clear message and a documented exit status, never a traceback.
 """
@@ -15,14 +20,16 @@ import argparse
 import json
 import math
 import os
+import re
+import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from http.client import HTTPException
+from http.client import HTTPConnection, HTTPException
 from typing import Any, NamedTuple
 from urllib.error import HTTPError, URLError
 from urllib.parse import quote, urlsplit
-from urllib.request import ProxyHandler, Request, build_opener
+from urllib.request import HTTPHandler, ProxyHandler, Request, build_opener
 
 from tcpcomm import __version__
 from tcpcomm.tokens import TokenFileError, readTokenFile
@@ -39,7 +46,7 @@ INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 EPILOG = """\
 environment:
-  TCPCOMM_ADMIN       default for --admin
+  TCPCOMM_ADMIN       default for --admin (a URL, or unix:PATH for a UNIX socket)
   TCPCOMM_TOKEN_FILE  default for --token-file
 
 exit status:
@@ -85,17 +92,41 @@ def _reason(error: BaseException, timeout: float) -> str:
     return str(error) or type(error).__name__
 
 
+def unixSocket(text: str) -> str | None:
+    """
+    The socket's path if C{--admin} names a UNIX socket as the daemon's
+    C{--admin} does (C{unix:/run/tcpcomm/admin.sock}, or
+    C{unix:address=PATH:mode=660:lockfile=1}, colons in the path escaped as
+    C{\\:}), else L{None}.
+    """
+    kind, _, rest = text.strip().partition(":")
+    if kind != "unix":
+        return None
+    path = ""
+    for index, part in enumerate(re.split(r"(?<!\\):", rest)):
+        name, equals, value = part.partition("=")
+        if equals and name == "address":
+            path = value
+        elif index == 0 and not equals:
+            path = part
+    path = path.replace("\\:", ":")
+    if not path:
+        raise Failed(USAGE, f"--admin {text!r} names no socket; give unix:PATH")
+    return path
+
+
 def adminURL(text: str) -> str:
     """
     The base URL of the admin API, from C{--admin}: C{http://} is assumed
     when no scheme is given, since C{127.0.0.1:9528} is what people type.
     """
     given = text.strip()
-    if given.split(":", 1)[0] in ("tcp", "tcp6", "ssl", "unix", "systemd"):
+    if given.split(":", 1)[0] in ("tcp", "tcp6", "ssl", "systemd"):
         raise Failed(
             UNREACHABLE,
             f"--admin {text!r} is an endpoint description, as the daemon takes it; "
-            f"give the URL to reach it instead, such as {DEFAULT_ADMIN}",
+            f"give the URL to reach it instead, such as {DEFAULT_ADMIN} (or unix:PATH "
+            "for an admin API on a UNIX socket)",
         )
     url = given if "://" in given else "http://" + given
     if not _usable(url):
@@ -127,19 +158,62 @@ def clientPath(clientId: str, action: str = "") -> str:
     return "/clients/" + quote(clientId, safe="") + action
 
 
-class Admin:
+class UnixConnection(HTTPConnection):
     """
-    One daemon's admin API: where it is, the token to show it, and how
-    long to wait for it.
+    HTTP over the UNIX socket at C{path}, whatever host the URL names.
     """
 
-    def __init__(self, url: str, token: str | None, timeout: float) -> None:
-        self.url = url
+    def __init__(self, path: str, host: str, timeout: float | None = None) -> None:
+        super().__init__(host, timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class UnixHandler(HTTPHandler):
+    """
+    urllib's C{http:} handler, reaching the daemon through its UNIX socket.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def http_open(self, req: Request) -> Any:
+        def connection(host: str, timeout: float | None = None, **kwargs: Any) -> UnixConnection:
+            return UnixConnection(self.path, host, timeout)
+
+        return self.do_open(connection, req)
+
+
+class Admin:
+    """
+    One daemon's admin API: where it is (C{url}, or the UNIX socket
+    C{socketPath}), the token to show it, and how long to wait for it.
+    """
+
+    def __init__(
+        self, url: str, token: str | None, timeout: float, socketPath: str | None = None
+    ) -> None:
         self.token = token
         self.timeout = timeout
         # The admin API is nearly always on loopback or a private network;
         # an http_proxy meant for the Internet must not swallow its requests.
-        self._opener = build_opener(ProxyHandler({}))
+        handlers: list[Any] = [ProxyHandler({})]
+        self.url = url
+        self._base = url
+        if socketPath is not None:
+            self._base = "http://localhost"
+            handlers.append(UnixHandler(socketPath))
+        self._opener = build_opener(*handlers)
 
     def call(self, method: str, path: str, body: str | None = None) -> Answer:
         """
@@ -152,7 +226,7 @@ class Admin:
             headers["Content-Type"] = "text/plain; charset=utf-8"
         if self.token is not None:
             headers["Authorization"] = f"Bearer {self.token}"
-        request = Request(self.url + path, data=data, headers=headers, method=method)
+        request = Request(self._base + path, data=data, headers=headers, method=method)
         where = f"{self.url} ({method} {path})"
         try:
             with self._opener.open(request, timeout=self.timeout) as response:
@@ -414,7 +488,8 @@ def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
             "--admin",
             metavar="URL",
             default=default(environ.get("TCPCOMM_ADMIN") or DEFAULT_ADMIN),
-            help=f"the daemon's admin API (default: $TCPCOMM_ADMIN or {DEFAULT_ADMIN})",
+            help="the daemon's admin API: a URL, or unix:PATH for one on a UNIX socket "
+            f"(default: $TCPCOMM_ADMIN or {DEFAULT_ADMIN})",
         )
         p.add_argument(
             "--token-file",
@@ -487,7 +562,9 @@ def run(args: argparse.Namespace) -> str:
         token = readTokenFile(args.token_file) if args.token_file else None
     except TokenFileError as e:
         raise Failed(USAGE, str(e)) from None
-    admin = Admin(adminURL(args.admin), token, args.timeout)
+    socketPath = unixSocket(args.admin)
+    url = adminURL(args.admin) if socketPath is None else "unix:" + socketPath
+    admin = Admin(url, token, args.timeout, socketPath)
     answer: Answer = args.call(admin, args)
     if args.json:
         return answer.text.rstrip("\n")

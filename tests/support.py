@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, cast
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -133,3 +135,40 @@ class FakeFileLimit(FileLimit):
         if self.ceiling is not None and (soft == -1 or soft > self.ceiling):
             raise ValueError(f"not allowed: {soft}")
         self.limits = (soft, hard)
+
+
+def callSite(
+    site: Any,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    token: str | None = None,
+    port: int = 50000,
+) -> tuple[int, Any, dict[str, str]]:
+    """
+    One HTTP/1.1 request to an admin C{site} over a L{StringTransport} from
+    C{127.0.0.1:port}: the status, the body (decoded JSON, or text) and the
+    headers (names as HTTP spells them, C{Content-Type}), as a real client
+    sees them.
+    """
+    address = IPv4Address("TCP", "127.0.0.1", port)
+    channel = site.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    channel.makeConnection(transport)
+    head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+    if token is not None:
+        head.append(f"Authorization: Bearer {token}")
+    if body is not None:
+        head += ["Content-Type: text/plain; charset=utf-8", f"Content-Length: {len(body)}"]
+    channel.dataReceived("\r\n".join(head).encode() + b"\r\n\r\n" + (body or b""))
+    raw = transport.value()
+    channel.connectionLost(Failure(ConnectionDone()))
+    top, _, content = raw.partition(b"\r\n\r\n")
+    statusLine, *lines = top.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers["-".join(w.capitalize() for w in name.strip().split("-"))] = value.strip()
+    if headers.get("Content-Type", "").startswith("application/json"):
+        return int(statusLine.split()[1]), json.loads(content), headers
+    return int(statusLine.split()[1]), content.decode("utf-8", "replace"), headers

@@ -249,7 +249,7 @@ class RefuseBeforeReadingTests(ChannelTestCase):
     def test_clientRootNeedsToken(self) -> None:
         """On a client, which has no dashboard page, / is not public: the route table says so."""
         hub = makeHub(self.clock)
-        resource = AdminResource({}, makeRegistry(hub), {}, TOKEN, 32)
+        resource = AdminResource({}, makeRegistry(hub), "client", TOKEN, 32)
         request = dummy(b"/")
         resource.render(request)
         self.assertEqual(request.responseCode, 401)

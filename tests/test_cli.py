@@ -317,3 +317,115 @@ class ClientCommandTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertRegex(result.stdout, r"state: +not connected\n")
         self.assertRegex(result.stdout, r"failed attempts: +[1-9]")
+
+
+class UnixSocketTests(SynchronousTestCase):
+    """
+    --admin unix:PATH reaches a daemon whose admin API listens on a UNIX socket.
+    """
+
+    def server(self, *args: str) -> tuple[Twistd, int, str]:
+        """
+        A server with its admin API on a UNIX socket in a scratch folder:
+        it, its message port and the socket's path.
+        """
+        path = os.path.join(scratch(self), "admin.sock")
+        process = Twistd(
+            self,
+            "tcpcomm",
+            "server",
+            "-p",
+            "0",
+            "-i",
+            "127.0.0.1",
+            "--admin",
+            "unix:" + path,
+            *args,
+        )
+        port = int(process.waitFor(r"listening on 127\.0\.0\.1:(\d+) \(tcp:").group(1))
+        process.waitFor(r"\(admin API unix:")
+        return process, port, path
+
+    def test_commands(self) -> None:
+        """clients, send and kick work through the socket, given as the daemon's own --admin string."""
+        process, port, path = self.server()
+        admin = "unix:" + path
+        result = tcpcomm(self, "--admin", admin, "clients")
+        self.assertEqual((result.returncode, result.stdout), (0, "no clients connected\n"))
+        sock, peer = dial(self, process, port)
+        result = tcpcomm(self, "--admin", admin, "--json", "clients")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual([c["id"] for c in json.loads(result.stdout)], [peer])
+        result = tcpcomm(self, "send", peer, "over the socket", env={"TCPCOMM_ADMIN": admin})
+        self.assertEqual((result.returncode, result.stdout), (0, f"sent to {peer}\n"))
+        self.assertEqual(readLine(sock), b"over the socket\n")
+        result = tcpcomm(self, "--admin", f"unix:address={path}:mode=600", "kick", peer)
+        self.assertEqual((result.returncode, result.stdout), (0, f"disconnecting {peer}\n"))
+        self.assertEqual(readUntilClosed(sock), b"")
+
+    def test_token(self) -> None:
+        """A daemon with a token on its socket refuses a request without it and takes one with it."""
+        token = os.path.join(scratch(self), "token")
+        with open(token, "w") as f:
+            f.write("s3cret-token\n")
+        process, port, path = self.server("--admin-token-file", token)
+        result = tcpcomm(self, "--admin", "unix:" + path, "clients")
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn("(HTTP 401)", result.stderr)
+        result = tcpcomm(self, "--admin", "unix:" + path, "--token-file", token, "clients")
+        self.assertEqual((result.returncode, result.stdout), (0, "no clients connected\n"))
+
+    def test_noSocket(self) -> None:
+        """A socket that does not exist exits 3 naming it and the reason, without a traceback."""
+        path = os.path.join(scratch(self), "missing.sock")
+        result = tcpcomm(self, "--admin", "unix:" + path, "clients")
+        self.assertEqual(result.returncode, 3, result.stderr)
+        self.assertIn(
+            f"cannot reach the tcpcomm admin API at unix:{path} (GET /clients): ", result.stderr
+        )
+        self.assertIn("No such file or directory", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+
+    def test_notHTTP(self) -> None:
+        """A UNIX socket that is a message port, not an admin API, exits 3 and says so."""
+        path = os.path.join(scratch(self), "messages.sock")
+        process = Twistd(self, "tcpcomm", "server", "--listen", "unix:" + path)
+        process.waitFor(r"listening on .*\(unix:")
+        result = tcpcomm(self, "--admin", "unix:" + path, "--timeout", "3", "clients")
+        self.assertEqual(result.returncode, 3, result.stderr)
+        self.assertIn(f"at unix:{path}", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+
+
+class UnixSocketParsingTests(SynchronousTestCase):
+    """
+    --admin takes the daemon's UNIX endpoint strings, in process.
+    """
+
+    def test_forms(self) -> None:
+        """unix:PATH, unix:address=PATH with options, and an escaped colon all give the path."""
+        from tcpcomm.cli import unixSocket
+
+        self.assertEqual(unixSocket("unix:/run/tcpcomm/admin.sock"), "/run/tcpcomm/admin.sock")
+        self.assertEqual(unixSocket("unix:address=/run/a.sock:mode=660:lockfile=1"), "/run/a.sock")
+        self.assertEqual(unixSocket("unix:/tmp/a\\:b.sock:mode=600"), "/tmp/a:b.sock")
+        self.assertEqual(unixSocket("unix:admin.sock"), "admin.sock")
+        self.assertIsNone(unixSocket("http://127.0.0.1:9528"))
+        self.assertIsNone(unixSocket("127.0.0.1:9528"))
+
+    def test_noPath(self) -> None:
+        """unix: with no path is a usage error naming the option and the value."""
+        from tcpcomm.cli import USAGE, Failed, unixSocket
+
+        for text in ("unix:", "unix:mode=660"):
+            error = self.assertRaises(Failed, unixSocket, text)
+            self.assertEqual(error.status, USAGE)
+            self.assertIn(f"--admin {text!r} names no socket", error.message)
+
+    def test_otherEndpointsRefused(self) -> None:
+        """A tcp: endpoint string is still refused, now pointing at unix:PATH too."""
+        from tcpcomm.cli import UNREACHABLE, Failed, adminURL
+
+        error = self.assertRaises(Failed, adminURL, "tcp:9528")
+        self.assertEqual(error.status, UNREACHABLE)
+        self.assertIn("unix:PATH", error.message)

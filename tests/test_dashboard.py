@@ -207,9 +207,9 @@ class Browser:
         )
 
 
-class DashboardTests(SynchronousTestCase):
+class DashboardTestCase(SynchronousTestCase):
     """
-    The dashboard lists clients, sends to them, tails the traffic and kicks.
+    A real server with an admin API, its dashboard in a headless Chromium.
     """
 
     def setUp(self) -> None:
@@ -243,6 +243,12 @@ class DashboardTests(SynchronousTestCase):
         sockId = peerId(sock)
         browser.wait(lambda d: sockId in browser.rows(), f"{sockId} never appeared")
         return sock, sockId
+
+
+class DashboardTests(DashboardTestCase):
+    """
+    The dashboard lists clients, sends to them, tails the traffic and kicks.
+    """
 
     def test_sendAndTail(self) -> None:
         """A message sent from the form reaches the client, and the tail shows its traffic."""
@@ -377,3 +383,81 @@ class DashboardTests(SynchronousTestCase):
         browser.open(url)
         self.assertFalse(browser.find("#token").is_displayed())
         browser.wait(lambda d: sockId in browser.rows(), f"{sockId} missing after a reload")
+
+
+class LiveViewTests(DashboardTestCase):
+    """
+    The traffic chart, the waiting messages and a tail that opens with the last events.
+    """
+
+    def test_tailOpensWithRecent(self) -> None:
+        """A page opened after some traffic shows that traffic in its tail at once."""
+        process, port, url = self.server()
+        sock = dial(port)
+        self.addCleanup(sock.close)
+        sockId = peerId(sock)
+        sock.sendall(b"early\n")
+        reply = readLine(sock).decode().rstrip("\n")
+        browser = Browser(self)
+        browser.open(url)
+        expected = [("connected", sockId, ""), ("in", sockId, "early"), ("out", sockId, reply)]
+        browser.wait(lambda d: browser.tail()[:3] == expected, "the tail did not open with them")
+
+    def test_chart(self) -> None:
+        """The chart samples /metrics: one connection, and messages in and out per second."""
+        process, port, url = self.server()
+        browser = Browser(self)
+        browser.open(url)
+        sock, _ = self.client(browser, port)
+        browser.wait(
+            lambda d: browser.find("#now-connections").text == "1", "the chart never showed 1"
+        )
+        for _ in range(5):
+            sock.sendall(b"ping\n")
+            readLine(sock)
+        rates = "return samples.map(s => [s.inRate, s.outRate]);"
+        browser.wait(
+            lambda d: any(i and o for i, o in d.execute_script(rates)),
+            "no sample counted messages in and out",
+        )
+        painted = browser.d.execute_script(
+            "const c = document.getElementById('chart-messages');"
+            "const p = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+            "let n = 0; for (let i = 3; i < p.length; i += 4) if (p[i]) n++; return n;"
+        )
+        self.assertGreater(painted, 100)
+
+    def test_queues(self) -> None:
+        """GET /queues is shown one row per name, with whether it is connected; a 404 says there are none."""
+        _, port, url = self.server()
+        browser = Browser(self)
+        browser.open(url)
+        sock, sockId = self.client(browser, port)
+        browser.d.execute_script(
+            "renderQueues({queues: [{id: arguments[0], messages: 2, bytes: 10,"
+            " oldestAgeSeconds: 3}, {id: 'agent-7', messages: 1, bytes: 2048,"
+            " oldestAgeSeconds: 600}]});",
+            sockId,
+        )
+        rows = browser.d.execute_script(
+            "return Array.from(document.querySelectorAll('#queues tbody tr'),"
+            " tr => Array.from(tr.cells, td => td.textContent));"
+        )
+        self.assertEqual(
+            rows, [[sockId, "yes", "2", "10 B", "3 s"], ["agent-7", "no", "1", "2048 B", "10 min"]]
+        )
+        # A daemon without queues answers 404; the page says so and carries on.
+        browser.d.execute_async_script(
+            "const done = arguments[arguments.length - 1], real = window.fetch;"
+            "window.fetch = (path, init) => path === '/queues'"
+            ' ? Promise.resolve(new Response(\'{"error": "no such route: GET /queues"}\','
+            " {status: 404, headers: {'Content-Type': 'application/json'}}))"
+            " : real(path, init);"
+            "queuesMissing = false; refreshQueues().then(done);"
+        )
+        self.assertEqual(
+            browser.find("#queues-note").text,
+            "This daemon keeps no queues (it has no GET /queues).",
+        )
+        self.assertFalse(browser.find("#queues").is_displayed())
+        self.assertEqual(browser.find("#status").get_attribute("data-state"), "live")

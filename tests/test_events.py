@@ -21,11 +21,16 @@ class FakeRequest:
     and a way to finish.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, lastEventId: bytes | None = None) -> None:
         self.written: list[bytes] = []
         self.headers: dict[bytes, bytes] = {}
+        self.lastEventId = lastEventId
         self.producer: Any = None
         self._finished: Deferred[None] = Deferred()
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        assert name == b"last-event-id", name
+        return self.lastEventId
 
     def setHeader(self, name: bytes, value: bytes) -> None:
         self.headers[name] = value
@@ -44,20 +49,46 @@ class FakeRequest:
         self._finished.callback(None)
 
     def events(self) -> list[dict[str, Any]]:
-        return [json.loads(w[len(b"data: ") :]) for w in self.written if w.startswith(b"data: ")]
+        return [json.loads(data) for _, data in self.received()]
+
+    def received(self) -> list[tuple[str, bytes]]:
+        """
+        The id and data of each event written.
+        """
+        found = []
+        for chunk in self.written:
+            fields = dict(line.split(b": ", 1) for line in chunk.split(b"\n") if b": " in line)
+            if b"data" in fields:
+                found.append((fields[b"id"].decode(), fields[b"data"]))
+        return found
 
 
-class EventStreamTests(SynchronousTestCase):
+class EventStreamTestCase(SynchronousTestCase):
     """
-    Readers get traffic as it happens, and never make the daemon buffer for them.
+    A server's event stream on a clock, with one reader from the start.
     """
 
     def setUp(self) -> None:
         self.clock = Clock()
         self.hub = makeHub(self.clock, delay=0)
         self.request = FakeRequest()
-        result = EventStream(self.hub, self.clock)(cast(Request, self.request), [])
+        self.stream = EventStream(self.hub, self.clock)
+        result = self.stream(cast(Request, self.request), [])
         self.assertIs(result, NOT_DONE_YET)
+
+    def open(self, lastEventId: bytes | None = None) -> FakeRequest:
+        """
+        Another reader of the stream, coming with C{Last-Event-ID} if given.
+        """
+        request = FakeRequest(lastEventId)
+        self.stream(cast(Request, request), [])
+        return request
+
+
+class EventStreamTests(EventStreamTestCase):
+    """
+    Readers get traffic as it happens, and never make the daemon buffer for them.
+    """
 
     def test_traffic(self) -> None:
         """Connections, messages in and out, and departures arrive as JSON events."""
@@ -89,5 +120,51 @@ class EventStreamTests(SynchronousTestCase):
         self.clock.advance(20)
         self.assertEqual(self.request.written[-1], b": keep-alive\n\n")
         self.request.finish()
-        self.assertEqual(self.hub.watchers, [])
+        self.assertEqual(self.stream.recent.readers, [])
+        self.assertEqual(self.hub.watchers, [self.stream.recent.watch])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class RecentEventsTests(EventStreamTestCase):
+    """
+    A reader opens with the last events, and one that comes back gets only those it missed.
+    """
+
+    def test_opensWithRecent(self) -> None:
+        """A reader that comes after the traffic gets the events before it, in order."""
+        protocol, _, _, _ = connect(hub=self.hub, port=7)
+        protocol.dataReceived(b"hi\n")
+        late = self.open()
+        self.assertEqual(late.events(), self.request.events())
+        self.assertEqual([e["kind"] for e in late.events()], ["connected", "in", "out"])
+        protocol.dataReceived(b"again\n")
+        self.assertEqual(late.events()[-2:], self.request.events()[-2:])
+
+    def test_lastEventId(self) -> None:
+        """A reader coming back with Last-Event-ID gets only the events after that one."""
+        protocol, _, _, _ = connect(hub=self.hub, port=7)
+        lastId = self.request.received()[-1][0]
+        protocol.dataReceived(b"hi\n")
+        back = self.open(lastId.encode())
+        self.assertEqual([e["kind"] for e in back.events()], ["in", "out"])
+        self.assertEqual(back.received(), self.request.received()[1:])
+
+    def test_otherProcess(self) -> None:
+        """A Last-Event-ID from another process (a restart) gets every event kept."""
+        connect(hub=self.hub, port=7)
+        for lastId in (b"0badf00d-1", b"nonsense", b""):
+            self.assertEqual(len(self.open(lastId).events()), 1, lastId)
+
+    def test_bounded(self) -> None:
+        """Only the last 100 events are kept, their texts cut at 1024 characters."""
+        protocol, _, _, _ = connect(hub=self.hub, port=7, maxMessageSize=5000)
+        protocol.dataReceived(b"x" * 3000 + b"\n")
+        for i in range(60):
+            protocol.dataReceived(b"m%d\n" % i)
+        events = self.open().events()
+        self.assertEqual(len(events), 100)
+        self.assertEqual(events[-2]["text"], "m59")
+        self.assertEqual(self.request.events()[1]["text"], "x" * 3000)
+        protocol.dataReceived(b"y" * 3000 + b"\n")
+        kept = self.open().events()[-2]["text"]
+        self.assertEqual(kept, "y" * 1024 + "…")

@@ -3,6 +3,26 @@ The admin HTTP API (C{--admin}): JSON over C{twisted.web}, in the daemon's
 own reactor. The server's lists its clients and sends to, broadcasts to and
 disconnects them; the client's tells how its connection is doing and sends
 to its server. Both serve C{/healthz}, C{/metrics} and C{/openapi.json}.
+
+One route table (L{serverRoutes}, L{clientRoutes}, and the routes both have
+in L{AdminResource}) is the single source of the dispatch and of
+C{/openapi.json}. To add a route, add one entry to its table::
+
+    ("GET", "/queues"): Route(
+        listQueues,
+        Doc(
+            "listQueues",
+            "The messages waiting for each name.",
+            {"200": jsonResponse("The queues.", ref("Queues"))},
+            schemas={"Queues": QUEUES_SCHEMA},
+        ),
+    ),
+
+the handler, then its L{Doc}: a stable operation id, a summary and each
+response it gives, with its query parameters (C{parameters=}) and body
+(C{requestBody=}, with C{body=True} on the route) if any. A path parameter
+(C{{id}}) is described once, in L{tcpcomm.control.openapi.PATH_PARAMETERS};
+the 401 of a route that is not C{public} is added for it.
 """
 
 from __future__ import annotations
@@ -10,6 +30,8 @@ from __future__ import annotations
 import hmac
 import json
 import re
+import secrets
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,7 +53,21 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from tcpcomm.client import ClientStatus
-from tcpcomm.control.openapi import openapi
+from tcpcomm.control.openapi import (
+    CLIENT_SCHEMA,
+    HEALTHZ_SCHEMA,
+    SEND_ERRORS,
+    STATUS_SCHEMA,
+    TEXT_BODY,
+    Doc,
+    allRequired,
+    document,
+    error,
+    jsonResponse,
+    ref,
+    simpleObject,
+    textResponse,
+)
 from tcpcomm.hub.hub import Hub
 from tcpcomm.interfaces import ISession
 from tcpcomm.wire.address import addressText
@@ -131,11 +167,13 @@ Handler = Callable[[Request, list[str]], Any]
 class Route:
     """
     One entry of a route table: the handler, and what the API knows of the
-    route before reading a request's body. The table is the one place that
-    says which paths need no token and which routes take a body.
+    route before reading a request's body, and what C{/openapi.json} says
+    of it. The table is the one place that says which paths need no token
+    and which routes take a body.
     """
 
     handler: Handler
+    doc: Doc
     #: Needs no token: the health check, and the dashboard page, which holds
     #: no data (browsers cannot send a token when opening a page).
     public: bool = False
@@ -180,14 +218,13 @@ class AdminResource(Resource):
         self,
         routes: dict[tuple[str, str], Route],
         metrics: CollectorRegistry,
-        spec: dict[str, Any],
+        role: str,
         token: str | None,
         maxBody: int,
         dashboard: bytes | None = None,
         reloads: ReloadStatus | None = None,
     ) -> None:
         super().__init__()
-        specBody = json.dumps(spec, indent=1).encode()
 
         def healthz(request: Request, params: list[str]) -> tuple[int, Any]:
             if reloads is None:
@@ -195,24 +232,56 @@ class AdminResource(Resource):
             lastReload = {"time": isoTime(reloads.time), "ok": reloads.ok, "error": reloads.error}
             return 200, {"status": "ok", "lastReload": lastReload}
 
+        def openapi(request: Request, params: list[str]) -> tuple[int, Any]:
+            body = json.dumps(self.openapi(), indent=1).encode()
+            return 200, Raw(b"application/json", body)
+
         builtIn: dict[tuple[str, str], Route] = {
-            ("GET", "/healthz"): Route(healthz, public=True),
+            ("GET", "/healthz"): Route(
+                healthz,
+                Doc(
+                    "healthz",
+                    "Is the daemon up? Never needs a token.",
+                    {"200": jsonResponse("Up.", HEALTHZ_SCHEMA)},
+                ),
+                public=True,
+            ),
             ("GET", "/metrics"): Route(
                 lambda request, params: (
                     200,
                     Raw(CONTENT_TYPE_LATEST.encode(), generate_latest(metrics)),
-                )
+                ),
+                Doc(
+                    "metrics",
+                    "Prometheus metrics.",
+                    {"200": textResponse("Metrics in Prometheus' text format.", "text/plain")},
+                ),
             ),
             ("GET", "/openapi.json"): Route(
-                lambda request, params: (200, Raw(b"application/json", specBody))
+                openapi,
+                Doc(
+                    "openapi",
+                    "This document.",
+                    {"200": jsonResponse("The OpenAPI document.", {"type": "object"})},
+                ),
             ),
         }
         if dashboard is not None:
             page = Raw(b"text/html; charset=utf-8", dashboard)
-            builtIn[("GET", "/")] = Route(lambda request, params: (200, page), public=True)
+            builtIn[("GET", "/")] = Route(
+                lambda request, params: (200, page),
+                Doc(
+                    "dashboard",
+                    "The dashboard page (it holds no data, so needs no token).",
+                    {"200": textResponse("An HTML page.", "text/html")},
+                ),
+                public=True,
+            )
+        self.role = role
+        self.table = {**builtIn, **routes}
         self._routes = [
             (method, re.compile("^" + re.sub(r"\{\w+\}", "([^/]+)", path) + "$"), route)
-            for (method, path), route in {**builtIn, **routes}.items()
+            for (method, path), route in self.table.items()
         ]
         self.token = token
         self.maxBody = maxBody
@@ -237,6 +306,19 @@ class AdminResource(Resource):
         if length is not None and length > limit:
             raise _tooLarge(limit, length)
         return limit
+
+    def openapi(self) -> dict[str, Any]:
+        """
+        The OpenAPI document of the routes, as the token stands now.
+        """
+        return document(
+            self.role,
+            [
+                (method, path, route.public, route.doc)
+                for (method, path), route in self.table.items()
+            ],
+            self.token is not None,
+        )
 
     def setToken(self, token: str | None) -> None:
         """
@@ -319,6 +401,59 @@ class AdminResource(Resource):
         return json.dumps(body).encode() + b"\n"
 
 
+#: One event as L{RecentEvents} keeps it: its sequence number, time, kind,
+#: peer and text.
+Event = tuple[int, float, str, str, str]
+
+
+class RecentEvents:
+    """
+    The hub's one watcher for C{GET /events}: it numbers each event, keeps
+    the last L{size} of them (their texts cut to L{maxText} characters), and
+    hands each to the readers of the stream. A reader that comes opens with
+    the events kept, so the dashboard's tail does not start empty; one that
+    comes back with C{Last-Event-ID} gets only those it missed.
+
+    Each event id is this process's mark and the event's number, so that a
+    reader coming back after a restart gets every event kept, not none.
+    """
+
+    size = 100
+    maxText = 1024
+
+    def __init__(self, hub: Hub, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._events: deque[Event] = deque(maxlen=self.size)
+        self._number = 0
+        self.mark = secrets.token_hex(4)
+        self.readers: list[_Subscriber] = []
+        hub.watchers.append(self.watch)
+
+    def watch(self, kind: str, session: ISession, text: str) -> None:
+        # On every message of a server with --admin: kept to a few steps.
+        self._number += 1
+        event = (self._number, self._clock.seconds(), kind, session.id, text)
+        if self.readers:
+            for reader in list(self.readers):
+                reader.send(event)
+        if len(text) > self.maxText:
+            event = (*event[:4], text[: self.maxText] + "…")
+        self._events.append(event)
+
+    def eventId(self, number: int) -> str:
+        return f"{self.mark}-{number}"
+
+    def since(self, lastId: str | None) -> list[Event]:
+        """
+        The events kept that came after the one C{lastId} names: all of them
+        if it names none, or one of another process.
+        """
+        mark, _, number = (lastId or "").strip().partition("-")
+        if mark == self.mark and number.isdigit():
+            return [e for e in self._events if e[0] > int(number)]
+        return list(self._events)
+
+
 @implementer(IPushProducer)
 class _Subscriber:
     """
@@ -329,27 +464,37 @@ class _Subscriber:
     stream.
     """
 
-    def __init__(self, hub: Hub, request: Request, clock: IReactorTime, keepalive: float) -> None:
-        self._hub = hub
+    def __init__(
+        self,
+        recent: RecentEvents,
+        request: Request,
+        clock: IReactorTime,
+        keepalive: float,
+        lastId: str | None,
+    ) -> None:
+        self._recent = recent
         self._request = request
-        self._clock = clock
         self._paused = False
         self._dropped = 0
         self._keepalive = LoopingCall(request.write, b": keep-alive\n\n")
         self._keepalive.clock = clock
         request.registerProducer(self, True)
         request.write(b": tcpcomm events\n\n")
-        hub.watchers.append(self.watch)
+        for event in recent.since(lastId):
+            self.send(event)
+        recent.readers.append(self)
         self._keepalive.start(keepalive, now=False)
         request.notifyFinish().addBoth(self._finished)
 
-    def watch(self, kind: str, session: ISession, text: str) -> None:
+    def send(self, event: Event) -> None:
         if self._paused:
             self._dropped += 1
             return
-        event = {"kind": kind, "peer": session.id, "text": text}
-        event["time"] = isoTime(self._clock.seconds())
-        self._request.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+        number, when, kind, peer, text = event
+        data = json.dumps({"kind": kind, "peer": peer, "text": text, "time": isoTime(when)})
+        self._request.write(
+            b"id: %s\ndata: %s\n\n" % (self._recent.eventId(number).encode(), data.encode())
+        )
 
     def pauseProducing(self) -> None:
         self._paused = True
@@ -366,8 +511,8 @@ class _Subscriber:
         self._paused = True
 
     def _finished(self, result: object) -> None:
-        if self.watch in self._hub.watchers:
-            self._hub.watchers.remove(self.watch)
+        if self in self._recent.readers:
+            self._recent.readers.remove(self)
         if self._keepalive.running:
             self._keepalive.stop()
 
@@ -375,19 +520,27 @@ class _Subscriber:
 class EventStream:
     """
     C{GET /events}: the traffic and the comings and goings of peers, as
-    Server-Sent Events, for the dashboard's live tail.
+    Server-Sent Events, for the dashboard's live tail; it opens with the
+    last events (L{RecentEvents}).
     """
 
     keepalive = 20.0
 
     def __init__(self, hub: Hub, clock: IReactorTime) -> None:
-        self._hub = hub
         self._clock = clock
+        self.recent = RecentEvents(hub, clock)
 
     def __call__(self, request: Request, params: list[str]) -> object:
         request.setHeader(b"content-type", b"text/event-stream")
         request.setHeader(b"cache-control", b"no-store")
-        _Subscriber(self._hub, request, self._clock, self.keepalive)
+        lastId = request.getHeader(b"last-event-id")
+        _Subscriber(
+            self.recent,
+            request,
+            self._clock,
+            self.keepalive,
+            None if lastId is None else lastId.decode("ascii", "replace"),
+        )
         return NOT_DONE_YET
 
 
@@ -439,13 +592,98 @@ def serverRoutes(hub: Hub, outgoing: Outgoing, clock: IReactorTime) -> dict[tupl
         log.info("admin: disconnecting {peer}", event="admin-disconnect", peer=target.id)
         return 200, {"id": target.id, "disconnected": True}
 
+    absent = error("No such client is connected.")
+    clientsLinks = {
+        name: {"operationId": name, "parameters": {"id": "$response.body#/0/id"}}
+        for name in ("getClient", "sendToClient", "disconnectClient")
+    }
+    clientSchema = {"Client": CLIENT_SCHEMA}
     return {
-        ("GET", "/clients"): Route(listClients),
-        ("GET", "/clients/{id}"): Route(showClient),
-        ("POST", "/clients/{id}/messages"): Route(sendMessage, body=True),
-        ("POST", "/clients/{id}/disconnect"): Route(disconnect),
-        ("POST", "/broadcast"): Route(broadcast, body=True),
-        ("GET", "/events"): Route(EventStream(hub, clock)),
+        ("GET", "/clients"): Route(
+            listClients,
+            Doc(
+                "listClients",
+                "Every connected client.",
+                {
+                    "200": {
+                        **jsonResponse("The clients.", {"type": "array", "items": ref("Client")}),
+                        "links": clientsLinks,
+                    }
+                },
+                schemas=clientSchema,
+            ),
+        ),
+        ("GET", "/clients/{id}"): Route(
+            showClient,
+            Doc(
+                "getClient",
+                "One connected client.",
+                {"200": jsonResponse("The client.", ref("Client")), "404": absent},
+                schemas=clientSchema,
+            ),
+        ),
+        ("POST", "/clients/{id}/messages"): Route(
+            sendMessage,
+            Doc(
+                "sendToClient",
+                "Send one message to one client.",
+                {
+                    "200": jsonResponse("Sent.", simpleObject(id="string", sent="integer")),
+                    "404": absent,
+                    **SEND_ERRORS,
+                },
+                requestBody=TEXT_BODY,
+            ),
+            body=True,
+        ),
+        ("POST", "/clients/{id}/disconnect"): Route(
+            disconnect,
+            Doc(
+                "disconnectClient",
+                "Close one client's connection.",
+                {
+                    "200": jsonResponse(
+                        "Closing.", simpleObject(id="string", disconnected="boolean")
+                    ),
+                    "404": absent,
+                },
+            ),
+        ),
+        ("POST", "/broadcast"): Route(
+            broadcast,
+            Doc(
+                "broadcast",
+                "Send one message to every client.",
+                {
+                    "200": jsonResponse(
+                        "Sent; how many clients got it.",
+                        allRequired({"received": {"type": "integer", "minimum": 0}}),
+                    ),
+                    **SEND_ERRORS,
+                },
+                requestBody=TEXT_BODY,
+            ),
+            body=True,
+        ),
+        ("GET", "/events"): Route(
+            EventStream(hub, clock),
+            Doc(
+                "events",
+                "Messages in and out and clients coming and going, as Server-Sent Events "
+                "(JSON objects with kind, peer, text, time); it opens with the last 100.",
+                {"200": textResponse("An endless event stream.", "text/event-stream")},
+                parameters=[
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "description": "The id of the last event read: the stream opens "
+                        "with the kept events after it only.",
+                        "schema": {"type": "string"},
+                    }
+                ],
+            ),
+        ),
     }
 
 
@@ -481,8 +719,29 @@ def clientRoutes(
         return 200, {"server": status.server, "sent": 1}
 
     return {
-        ("GET", "/status"): Route(showStatus),
-        ("POST", "/messages"): Route(sendMessage, body=True),
+        ("GET", "/status"): Route(
+            showStatus,
+            Doc(
+                "status",
+                "How the connection to the server is doing.",
+                {"200": jsonResponse("The status.", ref("Status"))},
+                schemas={"Status": STATUS_SCHEMA},
+            ),
+        ),
+        ("POST", "/messages"): Route(
+            sendMessage,
+            Doc(
+                "sendToServer",
+                "Send one message to the server.",
+                {
+                    "200": jsonResponse("Sent.", simpleObject(server="string", sent="integer")),
+                    "503": error("Not connected to the server right now."),
+                    **SEND_ERRORS,
+                },
+                requestBody=TEXT_BODY,
+            ),
+            body=True,
+        ),
     }
 
 
@@ -733,12 +992,12 @@ def makeAdminSite(
     """
     if status is None:
         routes = serverRoutes(hub, outgoing, clock)
-        spec = openapi("server", token is not None)
+        role = "server"
     else:
         routes = clientRoutes(hub, status, outgoing)
-        spec = openapi("client", token is not None)
+        role = "client"
         dashboard = None
     resource = AdminResource(
-        routes, metrics, spec, token, outgoing.maxMessageSize, dashboard, reloads
+        routes, metrics, role, token, outgoing.maxMessageSize, dashboard, reloads
     )
     return AdminSite(resource, maxConnections, clock)

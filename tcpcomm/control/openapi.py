@@ -1,275 +1,149 @@
-"""The OpenAPI document of the admin API, served at C{/openapi.json}."""
+"""
+The OpenAPI document of the admin API, served at C{/openapi.json}, made from
+the route table itself: each L{tcpcomm.control.admin.Route} carries a L{Doc}
+(its summary, query parameters, request body and responses), and
+L{document} walks the table, so that a route cannot be served without being
+described, nor described without being served.
+
+What a route does not say, the table does: its path parameters (each
+C{{name}} in the path, described once in L{PATH_PARAMETERS}), whether it
+needs the token (C{Route.public}: C{security: []} and no 401), and the 401
+of every other route when a token is set. The helpers below (L{error},
+L{jsonResponse}, L{allRequired}, L{TEXT_BODY}, L{SEND_ERRORS}, ...) are the
+words routes share.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from tcpcomm import __version__
 
+JSON = dict[str, Any]
 
-def _error(description: str) -> dict[str, Any]:
+
+@dataclass(frozen=True)
+class Doc:
+    """
+    What C{/openapi.json} says of one route.
+    """
+
+    #: The operation's stable name (schemathesis and links refer to it).
+    operationId: str
+    summary: str
+    #: Each status the route answers (as a string: C{"200"}) and its
+    #: response object; the 401 of a protected route is added for it.
+    responses: Mapping[str, JSON]
+    #: Query parameters (path parameters come from L{PATH_PARAMETERS}).
+    parameters: Sequence[JSON] = ()
+    requestBody: JSON | None = None
+    #: Component schemas the responses refer to (C{#/components/schemas/NAME}),
+    #: by name; routes that share one give the same schema.
+    schemas: Mapping[str, JSON] = field(default_factory=dict)
+
+
+def error(description: str) -> JSON:
+    """
+    An error response: a JSON C{{"error": ...}}.
+    """
     return {
         "description": description,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
 
 
-def _allRequired(properties: dict[str, Any]) -> dict[str, Any]:
+def allRequired(properties: Mapping[str, JSON]) -> JSON:
     """
     A schema for an object of C{properties} (their schemas by name), every
     one of them required.
     """
-    return {"type": "object", "properties": properties, "required": list(properties)}
+    return {"type": "object", "properties": dict(properties), "required": list(properties)}
 
 
-def _object(**properties: str) -> dict[str, Any]:
+def simpleObject(**properties: str) -> JSON:
     """
     A schema for an object whose every property is required, each of the
     given JSON type.
     """
-    return _allRequired({name: {"type": kind} for name, kind in properties.items()})
+    return allRequired({name: {"type": kind} for name, kind in properties.items()})
 
 
-def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+def jsonResponse(description: str, schema: JSON) -> JSON:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-_TEXT_BODY = {
+def textResponse(description: str, mediaType: str) -> JSON:
+    """
+    A response whose body is text of C{mediaType}, not JSON.
+    """
+    return {"description": description, "content": {mediaType: {"schema": {"type": "string"}}}}
+
+
+def ref(schema: str) -> JSON:
+    return {"$ref": f"#/components/schemas/{schema}"}
+
+
+TEXT_BODY: JSON = {
     "required": True,
     "description": "The message text (UTF-8, not empty); it is encoded with the daemon's "
     "--encoding.",
     "content": {"text/plain": {"schema": {"type": "string", "minLength": 1}}},
 }
 
-_SEND_ERRORS = {
-    "400": _error(
+SEND_ERRORS: dict[str, JSON] = {
+    "400": error(
         "The text cannot be sent: empty, not UTF-8, not encodable, or a newline in line framing."
     ),
-    "413": _error("The body, or the message once encoded, is over --max-message-size."),
+    "413": error("The body, or the message once encoded, is over --max-message-size."),
 }
 
-_ID = {
-    "name": "id",
-    "in": "path",
-    "required": True,
-    "description": "The client's id as GET /clients lists it, URL-encoded ('unix#1' is 'unix%231').",
-    "schema": {"type": "string"},
+#: Each path parameter a route's path may hold, by name.
+PATH_PARAMETERS: dict[str, JSON] = {
+    "id": {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "description": "The client's id as GET /clients lists it, URL-encoded ('unix#1' is "
+        "'unix%231').",
+        "schema": {"type": "string"},
+    },
 }
 
+_NULLABLE_STRING: JSON = {"type": "string", "nullable": True}
 
-def _common(protected: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "/healthz": {
-            "get": {
-                "operationId": "healthz",
-                "summary": "Is the daemon up? Never needs a token.",
-                "security": [],
-                "responses": {
-                    "200": _json(
-                        "Up.",
-                        {
-                            "type": "object",
-                            "properties": {
-                                "status": {"type": "string", "enum": ["ok"]},
-                                "lastReload": {
-                                    "description": "The last load of the settings: the "
-                                    "start, or the last SIGHUP reload.",
-                                    **_allRequired(
-                                        {
-                                            "time": {"type": "string", "format": "date-time"},
-                                            "ok": {"type": "boolean"},
-                                            "error": {"type": "string", "nullable": True},
-                                        }
-                                    ),
-                                },
-                            },
-                            "required": ["status"],
-                        },
-                    )
-                },
-            }
-        },
-        "/metrics": {
-            "get": {
-                "operationId": "metrics",
-                "summary": "Prometheus metrics.",
-                "responses": {
-                    "200": {
-                        "description": "Metrics in Prometheus' text format.",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    },
-                    **protected,
-                },
-            }
-        },
-        "/openapi.json": {
-            "get": {
-                "operationId": "openapi",
-                "summary": "This document.",
-                "responses": {
-                    "200": _json("The OpenAPI document.", {"type": "object"}),
-                    **protected,
-                },
-            }
-        },
-    }
+#: The schemas every document has.
+_SCHEMAS: dict[str, JSON] = {"Error": simpleObject(error="string")}
 
 
-def openapi(role: str, tokenRequired: bool) -> dict[str, Any]:
+def document(role: str, routes: Iterable[tuple[str, str, bool, Doc]], tokenRequired: bool) -> JSON:
     """
-    The OpenAPI 3.0 document of the admin API of a C{"server"} or C{"client"}.
+    The OpenAPI 3.0 document of the admin API of a C{"server"} or
+    C{"client"}, from its routes: C{(method, path, public, doc)} each.
     """
-    protected = {"401": _error("No valid bearer token.")} if tokenRequired else {}
-    paths = _common(protected)
-    if role == "server":
-        paths.update(
-            {
-                "/": {
-                    "get": {
-                        "operationId": "dashboard",
-                        "summary": "The dashboard page (it holds no data, so needs no token).",
-                        "security": [],
-                        "responses": {
-                            "200": {
-                                "description": "An HTML page.",
-                                "content": {"text/html": {"schema": {"type": "string"}}},
-                            }
-                        },
-                    }
-                },
-                "/clients": {
-                    "get": {
-                        "operationId": "listClients",
-                        "summary": "Every connected client.",
-                        "responses": {
-                            "200": {
-                                **_json(
-                                    "The clients.",
-                                    {
-                                        "type": "array",
-                                        "items": {"$ref": "#/components/schemas/Client"},
-                                    },
-                                ),
-                                "links": {
-                                    name: {
-                                        "operationId": name,
-                                        "parameters": {"id": "$response.body#/0/id"},
-                                    }
-                                    for name in ("getClient", "sendToClient", "disconnectClient")
-                                },
-                            },
-                            **protected,
-                        },
-                    }
-                },
-                "/clients/{id}": {
-                    "parameters": [_ID],
-                    "get": {
-                        "operationId": "getClient",
-                        "summary": "One connected client.",
-                        "responses": {
-                            "200": _json("The client.", {"$ref": "#/components/schemas/Client"}),
-                            "404": _error("No such client is connected."),
-                            **protected,
-                        },
-                    },
-                },
-                "/clients/{id}/messages": {
-                    "parameters": [_ID],
-                    "post": {
-                        "operationId": "sendToClient",
-                        "summary": "Send one message to one client.",
-                        "requestBody": _TEXT_BODY,
-                        "responses": {
-                            "200": _json(
-                                "Sent.",
-                                _object(id="string", sent="integer"),
-                            ),
-                            "404": _error("No such client is connected."),
-                            **_SEND_ERRORS,
-                            **protected,
-                        },
-                    },
-                },
-                "/clients/{id}/disconnect": {
-                    "parameters": [_ID],
-                    "post": {
-                        "operationId": "disconnectClient",
-                        "summary": "Close one client's connection.",
-                        "responses": {
-                            "200": _json(
-                                "Closing.",
-                                _object(id="string", disconnected="boolean"),
-                            ),
-                            "404": _error("No such client is connected."),
-                            **protected,
-                        },
-                    },
-                },
-                "/broadcast": {
-                    "post": {
-                        "operationId": "broadcast",
-                        "summary": "Send one message to every client.",
-                        "requestBody": _TEXT_BODY,
-                        "responses": {
-                            "200": _json(
-                                "Sent; how many clients got it.",
-                                _allRequired({"received": {"type": "integer", "minimum": 0}}),
-                            ),
-                            **_SEND_ERRORS,
-                            **protected,
-                        },
-                    }
-                },
-                "/events": {
-                    "get": {
-                        "operationId": "events",
-                        "summary": "Messages in and out and clients coming and going, as "
-                        "Server-Sent Events (JSON objects with kind, peer, text, time).",
-                        "responses": {
-                            "200": {
-                                "description": "An endless event stream.",
-                                "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                            },
-                            **protected,
-                        },
-                    }
-                },
-            }
-        )
-    else:
-        paths.update(
-            {
-                "/status": {
-                    "get": {
-                        "operationId": "status",
-                        "summary": "How the connection to the server is doing.",
-                        "responses": {
-                            "200": _json("The status.", {"$ref": "#/components/schemas/Status"}),
-                            **protected,
-                        },
-                    }
-                },
-                "/messages": {
-                    "post": {
-                        "operationId": "sendToServer",
-                        "summary": "Send one message to the server.",
-                        "requestBody": _TEXT_BODY,
-                        "responses": {
-                            "200": _json(
-                                "Sent.",
-                                _object(server="string", sent="integer"),
-                            ),
-                            "503": _error("Not connected to the server right now."),
-                            **_SEND_ERRORS,
-                            **protected,
-                        },
-                    }
-                },
-            }
-        )
-    nullableString = {"type": "string", "nullable": True}
-    document: dict[str, Any] = {
+    protected = {"401": error("No valid bearer token.")} if tokenRequired else {}
+    paths: dict[str, JSON] = {}
+    schemas = dict(_SCHEMAS)
+    for method, path, public, doc in routes:
+        item = paths.setdefault(path, {})
+        names = re.findall(r"\{(\w+)\}", path)
+        if names:
+            item["parameters"] = [PATH_PARAMETERS[name] for name in names]
+        operation: JSON = {"operationId": doc.operationId, "summary": doc.summary}
+        if doc.parameters:
+            operation["parameters"] = list(doc.parameters)
+        if doc.requestBody is not None:
+            operation["requestBody"] = doc.requestBody
+        operation["responses"] = {**doc.responses, **({} if public else protected)}
+        if public:
+            operation["security"] = []
+        item[method.lower()] = operation
+        for name, schema in doc.schemas.items():
+            if schemas.setdefault(name, schema) != schema:
+                raise ValueError(f"two routes give the schema {name!r} differently")
+    result: JSON = {
         "openapi": "3.0.3",
         "info": {
             "title": f"tcpcomm {role} admin API",
@@ -277,39 +151,58 @@ def openapi(role: str, tokenRequired: bool) -> dict[str, Any]:
             "description": "Errors are JSON objects with an 'error' message.",
         },
         "paths": paths,
-        "components": {
-            "schemas": {
-                "Error": _object(error="string"),
-                "Client": _allRequired(
-                    {
-                        "id": {"type": "string"},
-                        "peer": {"type": "string"},
-                        "tlsSubject": nullableString,
-                        "connectedSince": {"type": "string", "format": "date-time"},
-                        "lastMessage": {**nullableString, "format": "date-time"},
-                        "messagesIn": {"type": "integer", "minimum": 0},
-                        "messagesOut": {"type": "integer", "minimum": 0},
-                        "bytesIn": {"type": "integer", "minimum": 0},
-                        "bytesOut": {"type": "integer", "minimum": 0},
-                    }
-                ),
-                "Status": _allRequired(
-                    {
-                        "connected": {"type": "boolean"},
-                        "server": {"type": "string"},
-                        "since": {**nullableString, "format": "date-time"},
-                        "connections": {"type": "integer", "minimum": 0},
-                        "reconnects": {"type": "integer", "minimum": 0},
-                        "failedAttempts": {"type": "integer", "minimum": 0},
-                        "lastError": nullableString,
-                        "messagesIn": {"type": "integer", "minimum": 0},
-                        "messagesOut": {"type": "integer", "minimum": 0},
-                    }
-                ),
-            }
-        },
+        "components": {"schemas": schemas},
     }
     if tokenRequired:
-        document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-        document["security"] = [{"bearer": []}]
-    return document
+        result["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        result["security"] = [{"bearer": []}]
+    return result
+
+
+# The schemas of what the routes answer, for the routes' Docs.
+
+CLIENT_SCHEMA: JSON = allRequired(
+    {
+        "id": {"type": "string"},
+        "peer": {"type": "string"},
+        "tlsSubject": _NULLABLE_STRING,
+        "connectedSince": {"type": "string", "format": "date-time"},
+        "lastMessage": {**_NULLABLE_STRING, "format": "date-time"},
+        "messagesIn": {"type": "integer", "minimum": 0},
+        "messagesOut": {"type": "integer", "minimum": 0},
+        "bytesIn": {"type": "integer", "minimum": 0},
+        "bytesOut": {"type": "integer", "minimum": 0},
+    }
+)
+
+STATUS_SCHEMA: JSON = allRequired(
+    {
+        "connected": {"type": "boolean"},
+        "server": {"type": "string"},
+        "since": {**_NULLABLE_STRING, "format": "date-time"},
+        "connections": {"type": "integer", "minimum": 0},
+        "reconnects": {"type": "integer", "minimum": 0},
+        "failedAttempts": {"type": "integer", "minimum": 0},
+        "lastError": _NULLABLE_STRING,
+        "messagesIn": {"type": "integer", "minimum": 0},
+        "messagesOut": {"type": "integer", "minimum": 0},
+    }
+)
+
+HEALTHZ_SCHEMA: JSON = {
+    "type": "object",
+    "properties": {
+        "status": {"type": "string", "enum": ["ok"]},
+        "lastReload": {
+            "description": "The last load of the settings: the start, or the last SIGHUP reload.",
+            **allRequired(
+                {
+                    "time": {"type": "string", "format": "date-time"},
+                    "ok": {"type": "boolean"},
+                    "error": _NULLABLE_STRING,
+                }
+            ),
+        },
+    },
+    "required": ["status"],
+}
