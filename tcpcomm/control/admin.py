@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
@@ -33,6 +35,7 @@ from zope.interface import implementer
 from tcpcomm.client import ClientStatus
 from tcpcomm.control.openapi import openapi
 from tcpcomm.hub.hub import Hub
+from tcpcomm.hub.queues import QueueFull, Queues
 from tcpcomm.interfaces import ISession
 from tcpcomm.wire.address import addressText
 
@@ -255,20 +258,55 @@ class AdminResource(Resource):
             result = route.handler(request, params)
             if result is NOT_DONE_YET:
                 return NOT_DONE_YET
-            status, body = result
-            if isinstance(body, Raw):
-                request.setResponseCode(status)
-                request.setHeader(b"content-type", body.contentType)
-                request.setHeader(b"cache-control", b"no-store")
-                return body.body
-            return self._json(request, status, body)
-        except APIError as e:
-            for name, value in e.headers.items():
-                request.setHeader(name, value)
-            return self._json(request, e.status, {"error": e.message})
+            if isinstance(result, Deferred):
+                self._later(request, result, method, path)
+                return NOT_DONE_YET
+            return self._answer(request, result)
         except Exception:
-            log.failure("admin API failed on {method} {path}", method=method, path=path)
-            return self._json(request, 500, {"error": "internal error; see the daemon's log"})
+            return self._failed(request, Failure(), method, path)
+
+    def _answer(self, request: Request, result: tuple[int, Any]) -> bytes:
+        status, body = result
+        if isinstance(body, Raw):
+            request.setResponseCode(status)
+            request.setHeader(b"content-type", body.contentType)
+            request.setHeader(b"cache-control", b"no-store")
+            return body.body
+        return self._json(request, status, body)
+
+    def _failed(self, request: Request, failure: Failure, method: str, path: str) -> bytes:
+        error = failure.value
+        if isinstance(error, APIError):
+            for name, value in error.headers.items():
+                request.setHeader(name, value)
+            return self._json(request, error.status, {"error": error.message})
+        log.failure(
+            "admin API failed on {method} {path}",
+            failure,
+            event="admin-error",
+            method=method,
+            path=path,
+        )
+        return self._json(request, 500, {"error": "internal error; see the daemon's log"})
+
+    def _later(self, request: Request, result: Deferred[Any], method: str, path: str) -> None:
+        """
+        Answer once C{result} fires (a route that waits for a commit),
+        unless the client has gone by then.
+        """
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def answer(outcome: Any) -> None:
+            if isinstance(outcome, Failure):
+                body = self._failed(request, outcome, method, path)
+            else:
+                body = self._answer(request, outcome)
+            if not gone:
+                request.write(body)
+                request.finish()
+
+        result.addBoth(answer)
 
     def _resolve(self, method: str, path: str) -> tuple[Route, list[str]]:
         """
@@ -403,6 +441,24 @@ def _body(request: Request) -> bytes:
     return body
 
 
+def _ttl(request: Request) -> float | None:
+    """
+    The send's C{?ttl=SECONDS}, if given: how long it may wait for a client
+    that is away; a 400 unless it is a positive number.
+    """
+    given = (request.args or {}).get(b"ttl")
+    if not given:
+        return None
+    text = given[-1].decode("utf-8", "replace")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise APIError(400, f"ttl must be a positive number of seconds, not {text!r}")
+    return seconds
+
+
 def serverRoutes(hub: Hub, outgoing: Outgoing, clock: IReactorTime) -> dict[tuple[str, str], Route]:
     """
     The server's routes.
@@ -420,12 +476,47 @@ def serverRoutes(hub: Hub, outgoing: Outgoing, clock: IReactorTime) -> dict[tupl
     def showClient(request: Request, params: list[str]) -> tuple[int, Any]:
         return 200, describe(session(params[0]))
 
-    def sendMessage(request: Request, params: list[str]) -> tuple[int, Any]:
+    def sendMessage(request: Request, params: list[str]) -> Any:
+        ttl = _ttl(request)
+        if ttl is not None and hub.queues is not None and hub.get(params[0]) is None:
+            return queue(hub.queues, params[0], outgoing.fromBody(_body(request)), ttl)
         target = session(params[0])
         message = outgoing.fromBody(_body(request))
         target.sendBytes(message)
         log.info("admin: sent a message to {peer}", event="admin-send", peer=target.id)
         return 200, {"id": target.id, "sent": 1}
+
+    def queue(queues: Queues, clientId: str, message: bytes, ttl: float) -> Deferred[Any]:
+        """
+        Queue a send to a client that is away; answer once it is stored.
+        """
+
+        def queued(position: int) -> tuple[int, Any]:
+            log.info(
+                "admin: queued a message for {peer} (position {position}, ttl {ttl} s)",
+                event="admin-queue",
+                peer=clientId,
+                position=position,
+                ttl=ttl,
+            )
+            return 202, {"id": clientId, "queued": True, "position": position}
+
+        def refused(failure: Failure) -> None:
+            failure.trap(QueueFull)
+            error = failure.value
+            assert isinstance(error, QueueFull)
+            log.warn(
+                "admin: refused a message for {peer}: {reason}",
+                event="admin-queue-full",
+                peer=clientId,
+                reason=error.message,
+            )
+            raise APIError(507, error.message)
+
+        return queues.put(clientId, message, ttl).addCallbacks(queued, refused)
+
+    def listQueues(request: Request, params: list[str]) -> tuple[int, Any]:
+        return 200, {"queues": [] if hub.queues is None else hub.queues.summary()}
 
     def broadcast(request: Request, params: list[str]) -> tuple[int, Any]:
         message = outgoing.fromBody(_body(request))
@@ -443,6 +534,7 @@ def serverRoutes(hub: Hub, outgoing: Outgoing, clock: IReactorTime) -> dict[tupl
         ("GET", "/clients"): Route(listClients),
         ("GET", "/clients/{id}"): Route(showClient),
         ("POST", "/clients/{id}/messages"): Route(sendMessage, body=True),
+        ("GET", "/queues"): Route(listQueues),
         ("POST", "/clients/{id}/disconnect"): Route(disconnect),
         ("POST", "/broadcast"): Route(broadcast, body=True),
         ("GET", "/events"): Route(EventStream(hub, clock)),

@@ -48,6 +48,15 @@ _SEND_ERRORS = {
     "413": _error("The body, or the message once encoded, is over --max-message-size."),
 }
 
+_TTL = {
+    "name": "ttl",
+    "in": "query",
+    "required": False,
+    "description": "Seconds the message may wait for a client that is not connected; without "
+    "it, a send to an absent client is a 404. A bad ttl (not a positive number) is a 400.",
+    "schema": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+}
+
 _ID = {
     "name": "id",
     "in": "path",
@@ -178,18 +187,71 @@ def openapi(role: str, tokenRequired: bool) -> dict[str, Any]:
                     "parameters": [_ID],
                     "post": {
                         "operationId": "sendToClient",
-                        "summary": "Send one message to one client.",
+                        "summary": "Send one message to one client; with ttl, queue it for a "
+                        "client that is away.",
+                        "parameters": [_TTL],
                         "requestBody": _TEXT_BODY,
                         "responses": {
                             "200": _json(
                                 "Sent.",
                                 _object(id="string", sent="integer"),
                             ),
-                            "404": _error("No such client is connected."),
+                            "202": _json(
+                                "The client is away: queued (and stored, with --queue-dir); "
+                                "position 1 is delivered first.",
+                                _allRequired(
+                                    {
+                                        "id": {"type": "string"},
+                                        "queued": {"type": "boolean", "enum": [True]},
+                                        "position": {"type": "integer", "minimum": 1},
+                                    }
+                                ),
+                            ),
+                            "404": _error("No such client is connected (and no ttl was given)."),
+                            "507": _error(
+                                "Queueing it would go over --queue-max-messages, "
+                                "--queue-max-bytes or --queue-total-bytes (the message names "
+                                "which)."
+                            ),
                             **_SEND_ERRORS,
+                            "400": _error(
+                                "A ttl that is not a positive number, or text that cannot be "
+                                "sent: empty, not UTF-8, not encodable, or a newline in line "
+                                "framing."
+                            ),
                             **protected,
                         },
                     },
+                },
+                "/queues": {
+                    "get": {
+                        "operationId": "listQueues",
+                        "summary": "The messages waiting for clients that are away.",
+                        "responses": {
+                            "200": _json(
+                                "Each client id with messages waiting.",
+                                _allRequired(
+                                    {
+                                        "queues": {
+                                            "type": "array",
+                                            "items": _allRequired(
+                                                {
+                                                    "id": {"type": "string"},
+                                                    "messages": {"type": "integer", "minimum": 1},
+                                                    "bytes": {"type": "integer", "minimum": 0},
+                                                    "oldestAgeSeconds": {
+                                                        "type": "number",
+                                                        "minimum": 0,
+                                                    },
+                                                }
+                                            ),
+                                        }
+                                    }
+                                ),
+                            ),
+                            **protected,
+                        },
+                    }
                 },
                 "/clients/{id}/disconnect": {
                     "parameters": [_ID],
