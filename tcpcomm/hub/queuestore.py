@@ -108,6 +108,7 @@ class SQLiteStore:
     def close(self) -> None:
         """
         Stop the worker thread and close the connection (twistd's shutdown
-        does it too).
+        does it too); once only.
         """
-        self.pool.close()
+        if self.pool.running:
+            self.pool.close()
