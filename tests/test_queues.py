@@ -273,6 +273,16 @@ class AtMostOnceTests(SynchronousTestCase):
         self.assertEqual(again.value(), b"one\ntwo\n")
         self.assertEqual(self.queues.delivered, 2)
 
+    def test_replacedDuringHandOver(self) -> None:
+        """A connection that replaces one whose hand-over is under way gets the queue, once."""
+        _, first, _, _ = connect(hub=self.hub)
+        _, second, _, _ = connect(hub=self.hub)  # the same id: it replaces the first
+        self.store.commitAll()  # the first's removal; it is no longer the id's: given back
+        self.store.commitAll()  # stored again, then the second's removal
+        self.store.commitAll()
+        self.assertEqual((first.value(), second.value()), (b"", b"one\ntwo\n"))
+        self.assertEqual((self.queues.delivered, self.queues.summary()), (2, []))
+
     def test_storeFailureSendsNothing(self) -> None:
         """A removal the store cannot commit sends nothing and keeps the queue."""
         _, transport, _, _ = connect(hub=self.hub)
@@ -376,6 +386,12 @@ class QueueRouteTests(SynchronousTestCase):
         second = self.send("agent-7", b"?ttl=1.5")
         self.store.commitAll()
         self.assertEqual(answer(second)[1]["position"], 2)
+
+    def test_queuedInMemory(self) -> None:
+        """Without a store, the 202 is answered at once."""
+        hub = queuedHub(self.clock)
+        request = render(self.makeResource(hub), b"POST", b"/clients/a/messages?ttl=5", b"m")
+        self.assertEqual(answer(request), (202, {"id": "a", "queued": True, "position": 1}))
 
     def test_withoutTtlAbsentIs404(self) -> None:
         """Without a ttl, a send to an absent client stays a 404 and queues nothing."""

@@ -145,6 +145,20 @@ class _Held:
             peer.close()
 
 
+def _after(d: Deferred[Any]) -> Deferred[None]:
+    """
+    A L{Deferred} that fires once C{d} has, leaving C{d}'s result alone.
+    """
+    waiter: Deferred[None] = Deferred()
+
+    def fire(result: object) -> object:
+        waiter.callback(None)
+        return result
+
+    d.addBoth(fire)
+    return waiter
+
+
 class Queues:
     """
     Every client id's waiting messages, oldest first, within the bounds:
@@ -173,6 +187,8 @@ class Queues:
         self._nextSeq = 1
         self._loading = self._ready = False
         self._waiters: list[Deferred[None]] = []
+        #: The hand-over under way for each id, which the next waits for.
+        self._handing: dict[str, Deferred[None]] = {}
 
     def start(self) -> Deferred[None]:
         """
@@ -347,11 +363,31 @@ class Queues:
         send order, each removed from the store before it is written, and
         everything else sent to it meanwhile only after them.
         """
-        if self._ready and session.id not in self._waiting:
+        clientId = session.id
+        busy = self._handing.get(clientId)
+        if self._ready and busy is None and clientId not in self._waiting:
             return
         held = _Held(session.peer)
         session.peer = held
-        self._whenLoaded().addCallback(lambda _: self._handOver(session, held, stillConnected))
+        # After the load, and after a hand-over to an earlier connection with
+        # this id (replaced by this one), which may give its messages back.
+        before = self._whenLoaded() if busy is None else _after(busy)
+        done = before.addCallback(lambda _: self._handOver(session, held, stillConnected))
+        self._handing[clientId] = done
+
+        def finished(result: object) -> object:
+            if self._handing.get(clientId) is done:
+                del self._handing[clientId]
+            return result
+
+        done.addBoth(finished).addErrback(
+            lambda failure: log.failure(
+                "handing over the queue of {peer} failed",
+                failure,
+                event="queue-handover-error",
+                peer=clientId,
+            )
+        )
 
     def _handOver(
         self, session: Session, held: _Held, stillConnected: Callable[[], bool]
