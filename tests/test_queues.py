@@ -7,7 +7,8 @@ and list them, rendered in process.
 from __future__ import annotations
 
 import json
-from io import BytesIO
+from contextlib import redirect_stderr
+from io import BytesIO, StringIO
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -19,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
+from tcpcomm import cli
 from tcpcomm.control.admin import AdminResource, Outgoing, serverRoutes
 from tcpcomm.control.metrics import makeRegistry
 from tcpcomm.handlers import BaseHandler
@@ -473,3 +475,51 @@ class HandlerHubTests(SynchronousTestCase):
         self.assertEqual(
             answer(render(resource, b"POST", b"/clients/x/messages?ttl=5", b"m"))[0], 404
         )
+
+
+class QueueCommandTests(SynchronousTestCase):
+    """
+    C{tcpcomm send --ttl} and C{tcpcomm queues}, in process.
+    """
+
+    def test_sendWithTtl(self) -> None:
+        """send --ttl adds ?ttl= to the send and says where the message was queued."""
+        calls: list[tuple[str, str, str | None]] = []
+
+        class Recorder:
+            def call(self, method: str, path: str, body: str | None = None) -> cli.Answer:
+                calls.append((method, path, body))
+                return cli.Answer({"id": "agent-7", "queued": True, "position": 3}, "")
+
+        args = cli.parser({}).parse_args(["send", "--ttl", "90", "agent-7", "restart"])
+        answer = args.call(Recorder(), args)
+        self.assertEqual(calls, [("POST", "/clients/agent-7/messages?ttl=90.0", "restart")])
+        self.assertEqual(cli.showSent(answer.data, args), "queued for agent-7 (position 3)")
+
+    def test_badTtl(self) -> None:
+        """send --ttl refuses a ttl that is not a positive number, as a usage error."""
+        errors = StringIO()
+        with redirect_stderr(errors), self.assertRaises(SystemExit) as raised:
+            cli.parser({}).parse_args(["send", "--ttl", "0", "agent-7", "restart"])
+        self.assertEqual(raised.exception.code, cli.USAGE)
+        self.assertIn(
+            "argument --ttl: must be a positive number of seconds, not '0'", errors.getvalue()
+        )
+
+    def test_queuesTable(self) -> None:
+        """queues shows each id's messages, bytes and oldest age, and a total."""
+        answer = {
+            "queues": [
+                {"id": "agent-7", "messages": 2, "bytes": 2048, "oldestAgeSeconds": 185.2},
+                {"id": "b", "messages": 1, "bytes": 3, "oldestAgeSeconds": 4.0},
+            ]
+        }
+        args = cli.parser({}).parse_args(["queues"])
+        self.assertEqual(
+            cli.showQueues(answer, args),
+            "ID       MESSAGES  BYTES    OLDEST\n"
+            "agent-7  2         2.0 KiB  3m05s\n"
+            "b        1         3 B      4s\n"
+            "3 messages waiting for 2 clients",
+        )
+        self.assertEqual(cli.showQueues({"queues": []}, args), "no messages waiting")
