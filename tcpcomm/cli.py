@@ -200,7 +200,7 @@ class Admin:
                 text += "\nthe daemon refused the token in --token-file"
         elif error.code == 404 and message.startswith("no such route"):
             text += (
-                f"\nis {self.url} the right daemon? clients, send, broadcast and kick talk to "
+                f"\nis {self.url} the right daemon? clients, send, broadcast, kick and queues talk to "
                 "a server's admin API, status to a client's"
             )
         return Failed(API_ERROR, text)
