@@ -523,3 +523,30 @@ class QueueCommandTests(SynchronousTestCase):
             "3 messages waiting for 2 clients",
         )
         self.assertEqual(cli.showQueues({"queues": []}, args), "no messages waiting")
+
+
+class LoadFailureTests(SynchronousTestCase):
+    """
+    A store that cannot be loaded is never written over.
+    """
+
+    def test_unavailable(self) -> None:
+        """After a failed load, a ttl send is a 503 and nothing is stored; clients still connect."""
+        clock = Clock()
+        store = ManualStore()
+        queues = Queues(clock, store)
+        hub = queuedHub(clock, queues)
+        queues.start()
+        with capturedLogs() as events:
+            store.calls.pop(0)[2].errback(Failure(OSError("not a database")))
+        self.assertIn("queues-load-failed", [e.get("event") for e in events])
+        self.flushLoggedErrors(OSError)
+        routes = serverRoutes(hub, Outgoing("utf-8", "line", 64), clock)
+        resource = AdminResource(routes, makeRegistry(hub), {}, None, 64)
+        status, body = answer(render(resource, b"POST", b"/clients/a/messages?ttl=5", b"m"))
+        self.assertEqual(status, 503)
+        self.assertIn("could not be loaded", body["error"])
+        self.assertEqual(store.calls, [])
+        _, transport, _, _ = connect(hub=hub)
+        hub.broadcast("still served")
+        self.assertEqual(transport.value(), b"still served\n")

@@ -35,7 +35,7 @@ from zope.interface import implementer
 from tcpcomm.client import ClientStatus
 from tcpcomm.control.openapi import openapi
 from tcpcomm.hub.hub import Hub
-from tcpcomm.hub.queues import QueueFull, Queues
+from tcpcomm.hub.queues import QueueFull, Queues, QueueUnavailable
 from tcpcomm.interfaces import ISession
 from tcpcomm.wire.address import addressText
 
@@ -502,6 +502,8 @@ def serverRoutes(hub: Hub, outgoing: Outgoing, clock: IReactorTime) -> dict[tupl
             return 202, {"id": clientId, "queued": True, "position": position}
 
         def refused(failure: Failure) -> None:
+            if failure.check(QueueUnavailable):
+                raise APIError(503, str(failure.value))
             failure.trap(QueueFull)
             error = failure.value
             assert isinstance(error, QueueFull)

@@ -208,6 +208,7 @@ def openapi(role: str, tokenRequired: bool) -> dict[str, Any]:
                                 ),
                             ),
                             "404": _error("No such client is connected (and no ttl was given)."),
+                            "503": _error("The queue store could not be loaded at start."),
                             "507": _error(
                                 "Queueing it would go over --queue-max-messages, "
                                 "--queue-max-bytes or --queue-total-bytes (the message names "

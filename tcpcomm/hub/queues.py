@@ -54,6 +54,12 @@ class QueueFull(Exception):
         self.message = message
 
 
+class QueueUnavailable(Exception):
+    """
+    A send refused because the store could not be loaded at start.
+    """
+
+
 class QueueStore(Protocol):
     """
     Where queued messages are kept beyond the process, if anywhere; each
@@ -82,9 +88,10 @@ class MemoryStore:
         return succeed(None)
 
 
-class Session(Protocol):
+class Recipient(Protocol):
     """
-    What a queue needs of a session: its id, its peer, and a way to send.
+    What a queue needs of a session (L{tcpcomm.hub.session.Session}): its
+    id, its peer, and a way to send.
     """
 
     id: str
@@ -185,7 +192,7 @@ class Queues:
         self.waitingMessages = 0
         self.queued = self.delivered = self.expired = self.refused = 0
         self._nextSeq = 1
-        self._loading = self._ready = False
+        self._loading = self._ready = self._unavailable = False
         self._waiters: list[Deferred[None]] = []
         #: The hand-over under way for each id, which the next waits for.
         self._handing: dict[str, Deferred[None]] = {}
@@ -232,7 +239,10 @@ class Queues:
 
     def _loadFailed(self, failure: Failure) -> None:
         log.failure("could not load the queues", failure, event="queues-load-failed")
-        self._loaded()  # serve on, with empty queues, rather than hang
+        # Serve on without queues rather than hang, and never write over
+        # what could not be read.
+        self._unavailable = True
+        self._loaded()
 
     # Bookkeeping.
 
@@ -295,6 +305,8 @@ class Queues:
         return self._whenLoaded().addCallback(lambda _: self._put(clientId, message, ttl))
 
     def _put(self, clientId: str, message: bytes, ttl: float) -> Deferred[int]:
+        if self._unavailable:
+            raise QueueUnavailable("the queue store could not be loaded; see the server's log")
         size = len(message)
         self._sweep([clientId])
         if self.waitingBytes + size > self.totalBytes:
@@ -357,7 +369,7 @@ class Queues:
 
     # What the hub calls.
 
-    def deliver(self, session: Session, stillConnected: Callable[[], bool]) -> None:
+    def deliver(self, session: Recipient, stillConnected: Callable[[], bool]) -> None:
         """
         C{session} has identified: hand it its queue, unexpired messages in
         send order, each removed from the store before it is written, and
@@ -390,7 +402,7 @@ class Queues:
         )
 
     def _handOver(
-        self, session: Session, held: _Held, stillConnected: Callable[[], bool]
+        self, session: Recipient, held: _Held, stillConnected: Callable[[], bool]
     ) -> Deferred[None] | None:
         now = self.clock.seconds()
         entries = self._take(session.id, lambda e: False)
@@ -426,7 +438,7 @@ class Queues:
 
         return self.store.remove([e.seq for e in entries]).addCallbacks(removed, failed)
 
-    def _release(self, session: Session, held: _Held) -> None:
+    def _release(self, session: Recipient, held: _Held) -> None:
         session.peer = held.peer
         held.release()
 
