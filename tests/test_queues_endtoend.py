@@ -15,7 +15,16 @@ from urllib.parse import quote
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from .processes import WAIT, Twistd, assertCleanLog, freePort, localServer, scratch
+from .processes import (
+    STOPPED,
+    WAIT,
+    Twistd,
+    assertCleanLog,
+    freePort,
+    localServer,
+    run,
+    scratch,
+)
 from .test_admin import ADMIN_PORT, call
 from .test_readme import recipe, shell, twistdArgs
 
@@ -127,3 +136,28 @@ class DurableQueueTests(SynchronousTestCase):
         with reusedPortConnection(local, port) as sock:
             self.assertEqual(readLines(sock, 0), [])
         assertCleanLog(self, third.output())
+
+    def test_survivesCleanStop(self) -> None:
+        """A queue outlives a SIGTERM stop, which closes the database without a traceback."""
+        queueDir = os.path.join(scratch(self), "queues")
+        server, port, admin = self.start(queueDir)
+        status, body, _ = call(admin, "POST", "/clients/agent-7/messages?ttl=3600", b"later")
+        self.assertEqual(status, 202, body)
+        self.assertIn(server.stop(), STOPPED)
+        assertCleanLog(self, server.output())
+        again, port, admin = self.start(queueDir)
+        listed = call(admin, "GET", "/queues")[1]["queues"]
+        self.assertEqual(
+            [(q["id"], q["messages"], q["bytes"]) for q in listed], [("agent-7", 1, 5)]
+        )
+        again.waitFor(r"loaded 1 queued message\(s\) for 1 client\(s\)")
+
+    def test_badQueueDir(self) -> None:
+        """twistd refuses a --queue-dir that cannot be made, naming the option, and exits."""
+        plain = os.path.join(scratch(self), "plain")
+        with open(plain, "w") as f:
+            f.write("not a folder")
+        result = run(self, "tcpcomm", "server", "--queue-dir", os.path.join(plain, "queues"))
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("--queue-dir", result.stdout + result.stderr)
+        self.assertIn("cannot hold the queue database", result.stdout + result.stderr)
