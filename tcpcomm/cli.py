@@ -274,7 +274,7 @@ class Admin:
                 text += "\nthe daemon refused the token in --token-file"
         elif error.code == 404 and message.startswith("no such route"):
             text += (
-                f"\nis {self.url} the right daemon? clients, send, broadcast and kick talk to "
+                f"\nis {self.url} the right daemon? clients, send, broadcast, kick and queues talk to "
                 "a server's admin API, status to a client's"
             )
         return Failed(API_ERROR, text)
@@ -397,7 +397,38 @@ def showStatus(status: dict[str, Any], args: argparse.Namespace) -> str:
 
 
 def showSent(answer: dict[str, Any], args: argparse.Namespace) -> str:
+    if answer.get("queued"):
+        return f"queued for {answer['id']} (position {answer['position']})"
     return f"sent to {answer['id']}"
+
+
+def showQueues(answer: dict[str, Any], args: argparse.Namespace) -> str:
+    """
+    C{GET /queues} as a table: who has messages waiting, and since when.
+    """
+    queues = answer["queues"]
+    if not queues:
+        return "no messages waiting"
+    rows = [["ID", "MESSAGES", "BYTES", "OLDEST"]]
+    for q in queues:
+        rows.append([q["id"], str(q["messages"]), size(q["bytes"]), age(q["oldestAgeSeconds"])])
+    total = sum(q["messages"] for q in queues)
+    return table(rows) + (
+        f"\n{total} message{'' if total == 1 else 's'} waiting for "
+        f"{len(queues)} client{'' if len(queues) == 1 else 's'}"
+    )
+
+
+def age(seconds: float) -> str:
+    """
+    An age short enough for a table column: C{42s}, C{3m05s}, C{2h10m}.
+    """
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole // 60 % 60:02d}m"
 
 
 def showBroadcast(answer: dict[str, Any], args: argparse.Namespace) -> str:
@@ -421,7 +452,12 @@ def callClients(admin: Admin, args: argparse.Namespace) -> Answer:
 
 
 def callSend(admin: Admin, args: argparse.Namespace) -> Answer:
-    return admin.call("POST", clientPath(args.id, "/messages"), args.text)
+    query = "" if args.ttl is None else f"?ttl={args.ttl!r}"
+    return admin.call("POST", clientPath(args.id, "/messages") + query, args.text)
+
+
+def callQueues(admin: Admin, args: argparse.Namespace) -> Answer:
+    return admin.call("GET", "/queues")
 
 
 def callBroadcast(admin: Admin, args: argparse.Namespace) -> Answer:
@@ -533,12 +569,20 @@ def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     send = command("send", "send one message to one client of a server", callSend, showSent)
     send.add_argument("id", metavar="ID", help="the client's id, as `tcpcomm clients` lists it")
     send.add_argument("text", metavar="TEXT", help="the message")
+    send.add_argument(
+        "--ttl",
+        metavar="SECONDS",
+        type=timeout,
+        default=None,
+        help="if the client is away, queue the message for it for this many seconds",
+    )
     broadcast = command(
         "broadcast", "send one message to every client of a server", callBroadcast, showBroadcast
     )
     broadcast.add_argument("text", metavar="TEXT", help="the message")
     kick = command("kick", "disconnect one client of a server", callKick, showKicked)
     kick.add_argument("id", metavar="ID", help="the client's id, as `tcpcomm clients` lists it")
+    command("queues", "list the messages waiting for clients that are away", callQueues, showQueues)
     command("status", "show how a client daemon's connection is doing", callStatus, showStatus)
     check = commands.add_parser(
         "check-config",

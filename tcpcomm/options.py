@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import ipaddress
 import math
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Self
@@ -19,6 +20,7 @@ from twisted.python import usage
 
 from tcpcomm.config import ConfigFile, givenOptions
 from tcpcomm.handlers import HandlerNotFound, findHandler
+from tcpcomm.hub.queuestore import checkQueueDir
 from tcpcomm.server import systemBacklog
 from tcpcomm.templates import Template, TemplateError
 from tcpcomm.tokens import TokenFileError, readTokenFile
@@ -439,6 +441,34 @@ class ServerOptions(_CommonOptions):
             "Seconds to wait for peers to close when stopping before dropping them.",
             _number("--shutdown-timeout", float, 0),
         ],
+        [
+            "queue-max-messages",
+            None,
+            1000,
+            "Most messages that may wait (sends with ?ttl=) for one client that is away.",
+            _number("--queue-max-messages", int, 1),
+        ],
+        [
+            "queue-max-bytes",
+            None,
+            1 << 20,
+            "Most bytes of messages that may wait for one client that is away.",
+            _number("--queue-max-bytes", int, 1),
+        ],
+        [
+            "queue-total-bytes",
+            None,
+            64 << 20,
+            "Most bytes of messages that may wait for all clients together.",
+            _number("--queue-total-bytes", int, 1),
+        ],
+        [
+            "queue-dir",
+            None,
+            None,
+            "Folder of the SQLite file that keeps waiting messages across restarts (made if "
+            "missing); without it they wait in memory and die with the process.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -450,6 +480,7 @@ class ServerOptions(_CommonOptions):
         super().postOptions()
         if self["backlog"] is None:
             self["backlog"] = systemBacklog()
+        self._checkQueueDir()
         cert, key, clientCA = self["tls-cert"], self["tls-key"], self["tls-client-ca"]
         if cert is None:
             for name, value in (("tls-key", key), ("tls-client-ca", clientCA)):
@@ -469,6 +500,23 @@ class ServerOptions(_CommonOptions):
 
     def templateOptions(self) -> list[str]:
         return ["reply", "error-reply", "full-reply"]
+
+    def _checkQueueDir(self) -> None:
+        """
+        Refuse a C{--queue-dir} the queue database cannot be kept in, now
+        rather than at the first send.
+        """
+        path = self["queue-dir"]
+        self["queue-database"] = None
+        if path is None:
+            return
+        try:
+            self["queue-database"] = checkQueueDir(path)
+        except (OSError, sqlite3.Error) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise usage.UsageError(
+                f"--queue-dir {path!r} cannot hold the queue database: {reason}"
+            ) from None
 
     def opt_listen(self, description: str) -> None:
         """A Twisted server endpoint description to listen on, such as tcp:9527:interface=127.0.0.1 or unix:/tmp/tcpcomm.sock; may be given more than once; replaces --port, --interface and --backlog."""

@@ -26,6 +26,7 @@ from tcpcomm.client import ClientFactory, ClientStatus, RetryPolicy, makeClientS
 from tcpcomm.control.admin import AdminResource, Outgoing, makeAdminSite
 from tcpcomm.control.metrics import makeRegistry
 from tcpcomm.hub.hub import Hub
+from tcpcomm.hub.queues import Queues, QueueService
 from tcpcomm.logs import loggedByTcpcomm
 from tcpcomm.messagelog import MessageLog
 from tcpcomm.options import ClientOptions, Options, ServerOptions
@@ -197,9 +198,30 @@ def makeServer(
         options["shutdown-timeout"],
         adminConnections(options),
     )
+    hub.queues = makeQueues(options, reactor)
+    QueueService(hub.queues).setServiceParent(top)
     addAdmin(top, options, hub, reactor, reloader)
     addReloadService(top, reloader, reactor)
     return top
+
+
+def makeQueues(options: ServerOptions, reactor: Any) -> Queues:
+    """
+    The messages that wait for clients that are away: in the SQLite file of
+    C{--queue-dir}, or in memory.
+    """
+    store = None
+    if options["queue-database"] is not None:
+        from tcpcomm.hub.queuestore import SQLiteStore
+
+        store = SQLiteStore(options["queue-database"], reactor)
+    return Queues(
+        reactor,
+        store,
+        options["queue-max-messages"],
+        options["queue-max-bytes"],
+        options["queue-total-bytes"],
+    )
 
 
 def _useOutgoing(outgoing: Outgoing, resource: AdminResource, settings: tuple[str, int]) -> None:

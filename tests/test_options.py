@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from tcpcomm.options import Options
 from tcpcomm.server import systemBacklog
 from tcpcomm.templates import Template
+
+from .processes import scratch
 
 
 def parse(*args: str) -> Options:
@@ -45,6 +49,16 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(sub["reply"].text, "response from client {time}")
         self.assertEqual(sub["error-reply"].text, "client error {time}")
         self.assertIsNone(sub["connect"])
+
+    def test_queues(self) -> None:
+        """Queues wait in memory, up to 1000 messages and 1 MiB per id and 64 MiB in all."""
+        sub = parse("server").subOptions
+        self.assertEqual(
+            (sub["queue-max-messages"], sub["queue-max-bytes"], sub["queue-total-bytes"]),
+            (1000, 1 << 20, 64 << 20),
+        )
+        self.assertIsNone(sub["queue-dir"])
+        self.assertIsNone(sub["queue-database"])
 
     def test_templatesCompiled(self) -> None:
         """Texts become templates in the chosen encoding."""
@@ -120,6 +134,9 @@ class RefusalTests(SynchronousTestCase):
         (["client", "--connect", "tcp:"], "--connect", "tcp:"),
         (["client", "--bind-address", "nohost"], "--bind-address", "nohost"),
         (["client", "--bind-address", "h:99999"], "--bind-address", "h:99999"),
+        (["server", "--queue-max-messages", "0"], "--queue-max-messages", "0"),
+        (["server", "--queue-max-bytes", "lots"], "--queue-max-bytes", "lots"),
+        (["server", "--queue-total-bytes", "-1"], "--queue-total-bytes", "-1"),
     ]
 
     def test_refused(self) -> None:
@@ -128,6 +145,15 @@ class RefusalTests(SynchronousTestCase):
             error = self.assertRaises(UsageError, parse, *args)
             self.assertIn(option, str(error), args)
             self.assertIn(value, str(error), args)
+
+    def test_badQueueDir(self) -> None:
+        """A --queue-dir that cannot be made (under a plain file) is refused, naming it."""
+        plain = os.path.join(scratch(self), "plain")
+        with open(plain, "w") as f:
+            f.write("not a folder")
+        path = os.path.join(plain, "queues")
+        error = self.assertRaises(UsageError, parse, "server", "--queue-dir", path)
+        self.assertIn(f"--queue-dir {path!r}", str(error))
 
     def test_noMode(self) -> None:
         """Without server or client the user is told to choose."""

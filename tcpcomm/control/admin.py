@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import re
 import secrets
 from collections import deque
@@ -41,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
@@ -69,6 +71,7 @@ from tcpcomm.control.openapi import (
     textResponse,
 )
 from tcpcomm.hub.hub import Hub
+from tcpcomm.hub.queues import QueueFull, Queues, QueueUnavailable
 from tcpcomm.interfaces import ISession
 from tcpcomm.wire.address import addressText
 
@@ -337,20 +340,55 @@ class AdminResource(Resource):
             result = route.handler(request, params)
             if result is NOT_DONE_YET:
                 return NOT_DONE_YET
-            status, body = result
-            if isinstance(body, Raw):
-                request.setResponseCode(status)
-                request.setHeader(b"content-type", body.contentType)
-                request.setHeader(b"cache-control", b"no-store")
-                return body.body
-            return self._json(request, status, body)
-        except APIError as e:
-            for name, value in e.headers.items():
-                request.setHeader(name, value)
-            return self._json(request, e.status, {"error": e.message})
+            if isinstance(result, Deferred):
+                self._later(request, result, method, path)
+                return NOT_DONE_YET
+            return self._answer(request, result)
         except Exception:
-            log.failure("admin API failed on {method} {path}", method=method, path=path)
-            return self._json(request, 500, {"error": "internal error; see the daemon's log"})
+            return self._failed(request, Failure(), method, path)
+
+    def _answer(self, request: Request, result: tuple[int, Any]) -> bytes:
+        status, body = result
+        if isinstance(body, Raw):
+            request.setResponseCode(status)
+            request.setHeader(b"content-type", body.contentType)
+            request.setHeader(b"cache-control", b"no-store")
+            return body.body
+        return self._json(request, status, body)
+
+    def _failed(self, request: Request, failure: Failure, method: str, path: str) -> bytes:
+        error = failure.value
+        if isinstance(error, APIError):
+            for name, value in error.headers.items():
+                request.setHeader(name, value)
+            return self._json(request, error.status, {"error": error.message})
+        log.failure(
+            "admin API failed on {method} {path}",
+            failure,
+            event="admin-error",
+            method=method,
+            path=path,
+        )
+        return self._json(request, 500, {"error": "internal error; see the daemon's log"})
+
+    def _later(self, request: Request, result: Deferred[Any], method: str, path: str) -> None:
+        """
+        Answer once C{result} fires (a route that waits for a commit),
+        unless the client has gone by then.
+        """
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def answer(outcome: Any) -> None:
+            if isinstance(outcome, Failure):
+                body = self._failed(request, outcome, method, path)
+            else:
+                body = self._answer(request, outcome)
+            if not gone:
+                request.write(body)
+                request.finish()
+
+        result.addBoth(answer)
 
     def _resolve(self, method: str, path: str) -> tuple[Route, list[str]]:
         """
@@ -556,6 +594,24 @@ def _body(request: Request) -> bytes:
     return body
 
 
+def _ttl(request: Request) -> float | None:
+    """
+    The send's C{?ttl=SECONDS}, if given: how long it may wait for a client
+    that is away; a 400 unless it is a positive number.
+    """
+    given = (request.args or {}).get(b"ttl")
+    if not given:
+        return None
+    text = given[-1].decode("utf-8", "replace")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise APIError(400, f"ttl must be a positive number of seconds, not {text!r}")
+    return seconds
+
+
 def serverRoutes(hub: Hub, outgoing: Outgoing, clock: IReactorTime) -> dict[tuple[str, str], Route]:
     """
     The server's routes.
@@ -573,12 +629,53 @@ def serverRoutes(hub: Hub, outgoing: Outgoing, clock: IReactorTime) -> dict[tupl
     def showClient(request: Request, params: list[str]) -> tuple[int, Any]:
         return 200, describe(session(params[0]))
 
-    def sendMessage(request: Request, params: list[str]) -> tuple[int, Any]:
+    def sendMessage(request: Request, params: list[str]) -> Any:
+        ttl = _ttl(request)
+        if ttl is not None and hub.queues is not None and hub.get(params[0]) is None:
+            return queue(hub.queues, params[0], outgoing.fromBody(_body(request)), ttl)
         target = session(params[0])
         message = outgoing.fromBody(_body(request))
         target.sendBytes(message)
         log.info("admin: sent a message to {peer}", event="admin-send", peer=target.id)
         return 200, {"id": target.id, "sent": 1}
+
+    def queue(queues: Queues, clientId: str, message: bytes, ttl: float) -> Deferred[Any]:
+        """
+        Queue a send to a client that is away; answer once it is stored.
+        """
+
+        def queued(position: int) -> tuple[int, Any]:
+            log.info(
+                "admin: queued a message for {peer} (position {position}, ttl {ttl} s)",
+                event="admin-queue",
+                peer=clientId,
+                position=position,
+                ttl=ttl,
+            )
+            return 202, {"id": clientId, "queued": True, "position": position}
+
+        def refused(failure: Failure) -> None:
+            if failure.check(QueueUnavailable):
+                raise APIError(503, str(failure.value))
+            failure.trap(QueueFull)
+            error = failure.value
+            assert isinstance(error, QueueFull)
+            log.warn(
+                "admin: refused a message for {peer}: {reason}",
+                event="admin-queue-full",
+                peer=clientId,
+                reason=error.message,
+            )
+            raise APIError(507, error.message)
+
+        return queues.put(clientId, message, ttl).addCallbacks(queued, refused)
+
+    def listQueues(request: Request, params: list[str]) -> object:
+        queues = hub.queues
+        if queues is None:
+            return 200, {"queues": []}
+        # After a restart with --queue-dir, not before the stored queues are read.
+        return queues.loaded().addCallback(lambda _: (200, {"queues": queues.summary()}))
 
     def broadcast(request: Request, params: list[str]) -> tuple[int, Any]:
         message = outgoing.fromBody(_body(request))
@@ -598,6 +695,15 @@ def serverRoutes(hub: Hub, outgoing: Outgoing, clock: IReactorTime) -> dict[tupl
         for name in ("getClient", "sendToClient", "disconnectClient")
     }
     clientSchema = {"Client": CLIENT_SCHEMA}
+    TTL_PARAMETER = {
+        "name": "ttl",
+        "in": "query",
+        "required": False,
+        "description": "Seconds the message may wait for a client that is not connected; "
+        "without it, a send to an absent client is a 404. A bad ttl (not a positive number) "
+        "is a 400.",
+        "schema": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+    }
     return {
         ("GET", "/clients"): Route(
             listClients,
@@ -626,15 +732,63 @@ def serverRoutes(hub: Hub, outgoing: Outgoing, clock: IReactorTime) -> dict[tupl
             sendMessage,
             Doc(
                 "sendToClient",
-                "Send one message to one client.",
+                "Send one message to one client; with ttl, queue it for a client that is away.",
                 {
                     "200": jsonResponse("Sent.", simpleObject(id="string", sent="integer")),
-                    "404": absent,
+                    "202": jsonResponse(
+                        "The client is away: queued (and stored, with --queue-dir); "
+                        "position 1 is delivered first.",
+                        allRequired(
+                            {
+                                "id": {"type": "string"},
+                                "queued": {"type": "boolean", "enum": [True]},
+                                "position": {"type": "integer", "minimum": 1},
+                            }
+                        ),
+                    ),
+                    "404": error("No such client is connected (and no ttl was given)."),
+                    "503": error("The queue store could not be loaded at start."),
+                    "507": error(
+                        "Queueing it would go over --queue-max-messages, --queue-max-bytes "
+                        "or --queue-total-bytes (the message names which)."
+                    ),
                     **SEND_ERRORS,
+                    "400": error(
+                        "A ttl that is not a positive number, or text that cannot be sent: "
+                        "empty, not UTF-8, not encodable, or a newline in line framing."
+                    ),
                 },
                 requestBody=TEXT_BODY,
+                parameters=[TTL_PARAMETER],
             ),
             body=True,
+        ),
+        ("GET", "/queues"): Route(
+            listQueues,
+            Doc(
+                "listQueues",
+                "The messages waiting for clients that are away.",
+                {
+                    "200": jsonResponse(
+                        "Each client id with messages waiting.",
+                        allRequired(
+                            {
+                                "queues": {
+                                    "type": "array",
+                                    "items": allRequired(
+                                        {
+                                            "id": {"type": "string"},
+                                            "messages": {"type": "integer", "minimum": 1},
+                                            "bytes": {"type": "integer", "minimum": 0},
+                                            "oldestAgeSeconds": {"type": "number", "minimum": 0},
+                                        }
+                                    ),
+                                }
+                            }
+                        ),
+                    )
+                },
+            ),
         ),
         ("POST", "/clients/{id}/disconnect"): Route(
             disconnect,

@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 
 from tcpcomm.client import ClientStatus
 from tcpcomm.hub.hub import Hub
+from tcpcomm.hub.queues import Queues
 
 if TYPE_CHECKING:
     from tcpcomm.reload import ReloadStatus
@@ -108,6 +109,9 @@ class HubCollector(Collector):
             ),
         ]:
             yield CounterMetricFamily(name, documentation, value=value)
+        queues = self._hub.queues
+        if queues is not None:
+            yield from queueMetrics(queues)
         status = self._status
         if status is not None:
             yield GaugeMetricFamily(
@@ -123,6 +127,39 @@ class HubCollector(Collector):
                 "Connection attempts that failed.",
                 value=status.failedAttempts,
             )
+
+
+def queueMetrics(queues: Queues) -> Iterator[Metric]:
+    """
+    The messages that wait for clients that are away, and what became of
+    those that did.
+    """
+    for name, documentation, value in [
+        ("tcpcomm_queue_queued", "Messages queued for a client that was away.", queues.queued),
+        (
+            "tcpcomm_queue_delivered",
+            "Queued messages delivered when their client identified.",
+            queues.delivered,
+        ),
+        ("tcpcomm_queue_expired", "Queued messages dropped unsent at their ttl.", queues.expired),
+        (
+            "tcpcomm_queue_refused",
+            "Sends refused (507) over --queue-max-messages, --queue-max-bytes or "
+            "--queue-total-bytes.",
+            queues.refused,
+        ),
+    ]:
+        yield CounterMetricFamily(name, documentation, value=value)
+    yield GaugeMetricFamily(
+        "tcpcomm_queue_waiting_messages",
+        "Messages waiting now for clients that are away.",
+        value=queues.waitingMessages,
+    )
+    yield GaugeMetricFamily(
+        "tcpcomm_queue_waiting_bytes",
+        "Bytes of the messages waiting now.",
+        value=queues.waitingBytes,
+    )
 
 
 def makeRegistry(

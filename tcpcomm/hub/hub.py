@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tcpcomm.hub.queues import Queues
 from tcpcomm.hub.registry import PeerRegistry
 from tcpcomm.hub.session import Session, Watcher
 from tcpcomm.interfaces import IHandler, IHub, IPeer, ISession, ISide, IStats
@@ -120,6 +121,8 @@ class Hub:
         self.registry = PeerRegistry()
         self.stats = Stats(self.registry)
         self.watchers: list[Watcher] = []
+        #: The messages that wait for clients that are away (a server's).
+        self.queues: Queues | None = None
         #: A warning peers can repeat at will, at most one line per peer per
         #: 10 s: undecodable messages.
         self.undecodableLines = RateLimiter(
@@ -143,6 +146,10 @@ class Hub:
 
     def sessionStarted(self, session: Session) -> None:
         self.registry.add(session)
+        if self.queues is not None:
+            # Before the handler hears of it: queued messages go first.
+            registry = self.registry
+            self.queues.deliver(session, lambda: registry.get(session.id) is session)
         self.stats.connectionsTotal += 1
         if self.watchers:
             self.notify("connected", session, "")
