@@ -90,7 +90,7 @@ def parseHello(text: str) -> tuple[str, str | None] | None:
     not of that form.
     """
     words = text.split(" ")
-    if words[0] != "hello" or not 2 <= len(words) <= 3:
+    if words[0] != "hello" or not 2 <= len(words) <= 3 or "" in words:
         return None
     return words[1], (words[2] if len(words) == 3 else None)
 
