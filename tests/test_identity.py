@@ -15,6 +15,7 @@ from twisted.logger import capturedLogs
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from tcpcomm.control.metrics import HubCollector
 from tcpcomm.handlers import Echo
 from tcpcomm.hub import identity
 from tcpcomm.hub.hub import Hub
@@ -283,6 +284,15 @@ class TakeoverTests(SynchronousTestCase):
         self.assertEqual(line["peer"], "a")
         self.assertEqual(line["oldAddress"], "127.0.0.1:40000")
         self.assertEqual(line["address"], "127.0.0.1:40001")
+
+    def test_metric(self) -> None:
+        """Takeovers are counted in the metrics."""
+        hub, factory, clock = helloServer()
+        for port in (40000, 40001, 40002):
+            protocol, transport = dial(factory, port)
+            protocol.dataReceived(b"hello a\n")
+        [metric] = [m for m in HubCollector(hub).collect() if m.name == "tcpcomm_takeovers"]
+        self.assertEqual(metric.samples[0].value, 2)
 
     def test_oldNeverGetsNewMessages(self) -> None:
         """Once replaced, the old connection leaving does not unregister the new one,

@@ -106,6 +106,11 @@ class HubCollector(Collector):
                 "Empty messages (heartbeats) received.",
                 stats.heartbeatsIn,
             ),
+            (
+                "tcpcomm_takeovers",
+                "Named clients replaced by a newer connection with the same name.",
+                stats.takeovers,
+            ),
         ]:
             yield CounterMetricFamily(name, documentation, value=value)
         status = self._status
