@@ -150,6 +150,17 @@ class HelloTests(SynchronousTestCase):
         self.assertEqual(protocol.id, "agent:7")
         self.assertEqual(transport.value(), b"")
 
+    def test_lostLine(self) -> None:
+        """The lost line of a named client has its name as peer and its address apart."""
+        hub, factory, clock = helloServer()
+        protocol, transport = dial(factory)
+        protocol.dataReceived(b"hello a\n")
+        with capturedLogs() as events:
+            protocol.connectionLost()
+        [lost] = [e for e in events if e.get("event") == "lost"]
+        self.assertEqual((lost["peer"], lost["address"]), ("a", "127.0.0.1:40000"))
+        self.assertEqual(len(hub.registry), 0)
+
     def test_helloNeverReachesHandler(self) -> None:
         """The hello is not echoed; the messages after it, in the same read, are."""
         hub, factory, clock = helloServer()

@@ -26,6 +26,7 @@ from .processes import (
     scratch,
     signalWhenHandled,
 )
+from .test_admin import ADMIN_PORT, call
 from .test_readme import recipe, twistdArgs
 
 
@@ -95,6 +96,27 @@ class HelloEndToEndTests(SynchronousTestCase):
         new.sendall(b"third\n")
         self.assertEqual(readLine(new), b"third\n")
         assertCleanLog(self, server.output())
+
+    def test_adminByName(self) -> None:
+        """The admin API shows a named client under its id, percent-encoded in the path, with
+        its address; after a takeover its sends go to the new connection."""
+        server = localServer(self, "--client-id", "hello", "--admin", "tcp:0:interface=127.0.0.1")
+        port = server.listeningPort()
+        admin = int(server.waitFor(ADMIN_PORT).group(1))
+        old = hello(port, b"hello agent:7\n")
+        self.addCleanup(old.close)
+        server.waitFor("identified agent:7")
+        status, client, _ = call(admin, "GET", "/clients/agent%3A7")
+        self.assertEqual(status, 200)
+        self.assertEqual(client["id"], "agent:7")
+        self.assertEqual(client["peer"], f"127.0.0.1:{old.getsockname()[1]}")
+        new = hello(port, b"hello agent:7\n")
+        self.addCleanup(new.close)
+        server.waitFor("replaced agent:7")
+        status, body, _ = call(admin, "POST", "/clients/agent%3A7/messages", b"for the new")
+        self.assertEqual(status, 200)
+        self.assertEqual(readLine(new), b"for the new\n")
+        self.assertEqual(readUntilClosed(old), b"")
 
     def test_refusedAtStart(self) -> None:
         """--client-id hello without tokens on every interface is refused, naming the options."""
