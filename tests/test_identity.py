@@ -296,6 +296,26 @@ class TakeoverTests(SynchronousTestCase):
         self.assertEqual(line["oldAddress"], "127.0.0.1:40000")
         self.assertEqual(line["address"], "127.0.0.1:40001")
 
+    def test_watchersTold(self) -> None:
+        """Watchers (the admin API's events) see the old connection lost as replaced."""
+        hub, factory, clock = helloServer()
+        seen: list[tuple[str, str, str]] = []
+        hub.watchers.append(lambda kind, session, text: seen.append((kind, session.address, text)))
+        old, oldTransport = dial(factory, 40000)
+        old.dataReceived(b"hello a\n")
+        new, newTransport = dial(factory, 40001)
+        new.dataReceived(b"hello a\n")
+        old.connectionLost()
+        self.assertEqual(
+            seen,
+            [
+                ("connected", "127.0.0.1:40000", ""),
+                ("connected", "127.0.0.1:40001", ""),
+                ("lost", "127.0.0.1:40000", "replaced by 127.0.0.1:40001"),
+            ],
+        )
+        self.assertEqual(hub._replacedBy, {})
+
     def test_metric(self) -> None:
         """Takeovers are counted in the metrics."""
         hub, factory, clock = helloServer()
@@ -358,6 +378,31 @@ class TakeoverTests(SynchronousTestCase):
             protocol, transport = dial(factory)
             protocol.dataReceived(b"hello " + name + b"\n")
         self.assertEqual(list(hub._takeovers), ["c"])
+
+
+class ConfigTests(SynchronousTestCase):
+    """
+    The identity options are config file keys like any other.
+    """
+
+    def test_keys(self) -> None:
+        """client-id, hello-timeout and client-tokens set in [server] apply."""
+        tokens = self.mktemp()
+        with open(tokens, "w") as f:
+            f.write("a s3cret\n")
+        config = self.mktemp()
+        with open(config, "w") as f:
+            f.write(
+                f'[server]\nclient-id = "hello"\nhello-timeout = 3\nclient-tokens = "{tokens}"\n'
+                '[client]\nname = "agent:7"\n'
+            )
+        server = ServerOptions()
+        server.parseOptions(["--config", config])
+        self.assertEqual((server["client-id"], server["hello-timeout"]), ("hello", 3.0))
+        self.assertEqual(server["client-token-table"], ClientTokens({"a": "s3cret"}))
+        client = ClientOptions()
+        client.parseOptions(["--config", config])
+        self.assertEqual(client["hello"], "hello agent:7")
 
 
 class TokenReloadTests(SynchronousTestCase):

@@ -144,6 +144,8 @@ class Hub:
         #: taken over longest ago first.
         self._takeovers: dict[str, deque[float]] = {}
         self.flappingLines = RateLimiter("flapping", "flapping warnings for {peer}", clock)
+        #: Sessions replaced and not yet gone: why, for the watchers' lost event.
+        self._replacedBy: dict[Session, str] = {}
         self.handler = handlerFactory(self)
 
     # ISide: what the factory of its connections calls.
@@ -194,6 +196,7 @@ class Hub:
             oldAddress=old.address,
             address=new.address,
         )
+        self._replacedBy[old] = f"replaced by {new.address}"
         old.close()
         now = self.clock.seconds()
         since = now - FLAP_WINDOW
@@ -223,8 +226,9 @@ class Hub:
     def sessionEnded(self, session: Session, reason: Failure) -> None:
         self.stats.retire(session)
         self.registry.remove(session)
+        why = self._replacedBy.pop(session, None) if self._replacedBy else None
         if self.watchers:
-            self.notify("lost", session, reason.getErrorMessage())
+            self.notify("lost", session, why or reason.getErrorMessage())
         self._call("disconnected", session, reason)
 
     def _call(self, method: str, session: Session, *args: Any) -> None:
