@@ -534,7 +534,9 @@ class ServerOptions(_CommonOptions):
                 "give --listen an ssl: or tls: endpoint instead"
             )
         try:
-            self["tls"] = serverOptions(cert, key, clientCA, self["tls-min-version"])
+            self["tls"] = serverOptions(
+                cert, key, clientCA, self["tls-min-version"], self["client-id"] == "tls"
+            )
         except TLSFileError as e:
             raise usage.UsageError(str(e)) from None
 

@@ -15,6 +15,7 @@ import subprocess
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from .certs import Authority
 from .processes import (
     WAIT,
     Twistd,
@@ -28,6 +29,7 @@ from .processes import (
 )
 from .test_admin import ADMIN_PORT, call
 from .test_readme import recipe, twistdArgs
+from .test_tls import sClient
 
 
 def hello(port: int, line: bytes) -> socket.socket:
@@ -214,3 +216,45 @@ class TLSNameEndToEndTests(SynchronousTestCase):
         server.waitFor(r"secured 127\.0\.0\.1:\d+: certificate agent-7")
         server.waitFor(r"message from agent-7: hello server")
         assertCleanLog(self, server.output())
+
+    def test_noUsableNameRefusedInHandshake(self) -> None:
+        """A certificate whose common name is no client name fails the handshake, logged;
+        the server goes on serving named clients."""
+        folder = scratch(self)
+        ca = Authority(folder, "test")
+        serverCert, serverKey = ca.issue("localhost", ["localhost", "127.0.0.1"])
+        badCert, badKey = ca.issue("Jane Doe", [], client=True)
+        goodCert, goodKey = ca.issue("agent-8", [], client=True)
+        server = Twistd(
+            self,
+            "tcpcomm",
+            "server",
+            "-p",
+            "0",
+            "-i",
+            "127.0.0.1",
+            "--reply-delay",
+            "0",
+            "--tls-cert",
+            serverCert,
+            "--tls-key",
+            serverKey,
+            "--tls-client-ca",
+            ca.path,
+            "--client-id",
+            "tls",
+        )
+        port = server.listeningPort()
+        tls = ("-CAfile", ca.path)
+        output = sClient(
+            self, port, *tls, "-cert", badCert, "-key", badKey, until=b"response from server"
+        )
+        self.assertNotIn(b"response from server", output)
+        server.waitFor(r"refusing \S+: its certificate's common name 'Jane Doe' is not a usable id")
+        server.waitFor(r"TLS handshake with 127\.0\.0\.1:\d+ failed")
+        output = sClient(
+            self, port, *tls, "-cert", goodCert, "-key", goodKey, until=b"response from server"
+        )
+        self.assertIn(b"response from server", output)
+        server.waitFor(r"message from agent-8: hi")
+        self.assertNotIn("message from 127.0.0.1", server.output())

@@ -238,8 +238,9 @@ class Hello:
 def tlsIdentity(session: Session) -> IConversation:
     """
     C{--client-id tls}: the common name of the verified client certificate
-    is the id; a certificate without a usable one is dropped before the
-    connection can carry a message.
+    is the id. The handshake already refuses a certificate without a usable
+    one (L{tcpcomm.wire.tls.NamedClientOptions}); should one get through,
+    it is dropped before the connection can carry a message.
     """
     peer = session.peer
     name = peer.tlsSubject
