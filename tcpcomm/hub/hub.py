@@ -137,6 +137,9 @@ class Hub:
         #: returns the connection's first conversation, which registers the
         #: session once identified; L{None} keeps the address as the id.
         self.identify: Callable[[Session], IConversation] | None = None
+        #: Connections still to say who they are, which are not in the
+        #: registry yet but count against C{--max-connections}.
+        self.unidentified = 0
         #: What the client sends first on every connection, before its
         #: greeting (C{hello NAME [TOKEN]}, from C{--name}), encoded.
         self.hello: bytes | None = None
@@ -156,7 +159,7 @@ class Hub:
 
     def connectionCount(self) -> int:
         # Those still to say who they are hold a descriptor too.
-        return len(self.registry) + getattr(self.identify, "waiting", 0)
+        return len(self.registry) + self.unidentified
 
     def fullReply(self, now: float) -> bytes:
         full = self.texts.fullReply

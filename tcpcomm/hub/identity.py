@@ -104,9 +104,6 @@ class HelloIdentity:
         self.hub = hub
         self.timeout = timeout
         self.tokens = tokens
-        #: Connections still to say who they are (they count against
-        #: C{--max-connections}).
-        self.waiting = 0
         #: A storm of bad hellos logs one line per kind per 10 s.
         self.refusedLines = RateLimiter("hello-refused", "refused hellos", hub.clock, keyName="why")
 
@@ -148,7 +145,7 @@ class Hello:
 
     def connected(self) -> None:
         identity = self.identity
-        identity.waiting += 1
+        identity.hub.unidentified += 1
         if identity.timeout > 0:
             clock: IReactorTime = identity.hub.clock
             self._deadline = clock.callLater(identity.timeout, self._timedOut)
@@ -226,7 +223,7 @@ class Hello:
             self._deadline = None
         if not self._done:
             self._done = True
-            self.identity.waiting -= 1
+            self.identity.hub.unidentified -= 1
 
     def inputEnded(self) -> None:
         self.session.peer.close()
