@@ -36,6 +36,8 @@
  * the server's CPU time from /proc/P/stat at the start and end of what is
  * measured. Output: one JSON object per line on stdout. Times are
  * CLOCK_MONOTONIC seconds, the clock of Python's time.monotonic() on Linux.
+ * --hello PREFIX makes connection i send "hello PREFIX-i" first, for a
+ * server that names its clients (--client-id hello).
  * Every phase is bounded by --time-limit.
  */
 #define _GNU_SOURCE
@@ -103,6 +105,7 @@ static struct {
 	int sources;
 	int flood;
 	int serverPid;
+	const char *hello; /* --hello PREFIX: send "hello PREFIX-<i>" first */
 } opt = {
     .port = 0,
     .conns = 1,
@@ -611,6 +614,20 @@ static void handleFlooder(struct conn *c, uint32_t events)
 	}
 }
 
+/* --hello: name the new connection i "PREFIX-i" before its first exchange
+ * (a server with --client-id hello). The socket's buffer is empty, so the
+ * short line goes in one send. */
+static int sendHello(struct conn *c)
+{
+	char line[160];
+	int n = snprintf(line, sizeof line, "hello %s-%d\n", opt.hello, (int)(c - cs));
+	if (send(c->fd, line, (size_t)n, MSG_NOSIGNAL) != n) {
+		lost(c, errno);
+		return 0;
+	}
+	return 1;
+}
+
 static void handle(uint32_t id, uint32_t events)
 {
 	struct conn *c = &cs[id];
@@ -626,6 +643,8 @@ static void handle(uint32_t id, uint32_t events)
 		}
 		c->state = OPEN;
 		setInterest(c, 0);
+		if (opt.hello && !sendHello(c))
+			return;
 		if (opt.mode == BROADCAST) {
 			c->confirmed = 1;
 			nConfirmed++;
@@ -958,7 +977,7 @@ static void usage(void)
 		"usage: loadgen rr|pipeline|idle|broadcast|storm|churn --port P [--conns N]\n"
 		"  [--size BYTES] [--burst N] [--duration S] [--warmup S] [--count N]\n"
 		"  [--open-concurrency N] [--retry-initial S] [--retry-max S] [--time-limit S]\n"
-		"  [--seed N] [--sources N] [--flood N] [--server-pid PID]\n");
+		"  [--seed N] [--sources N] [--flood N] [--server-pid PID] [--hello PREFIX]\n");
 	exit(2);
 }
 
@@ -1011,6 +1030,8 @@ int main(int argc, char **argv)
 			opt.sources = atoi(v);
 		else if (!strcmp(k, "--flood"))
 			opt.flood = atoi(v);
+		else if (!strcmp(k, "--hello"))
+			opt.hello = v;
 		else if (!strcmp(k, "--server-pid"))
 			opt.serverPid = atoi(v);
 		else

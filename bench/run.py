@@ -360,7 +360,7 @@ class Loadgen:
     One run of the load generator on the load CPU, reporting JSON lines.
     """
 
-    def __init__(self, binary: str, mode: str, port: int, **options: float | int) -> None:
+    def __init__(self, binary: str, mode: str, port: int, **options: float | str) -> None:
         argv = ["taskset", "-c", LOAD_CPU, binary, mode, "--port", str(port)]
         for key, value in options.items():
             argv += [f"--{key.replace('_', '-')}", str(value)]
@@ -423,6 +423,7 @@ class Launch:
     maxConnections: int
     logPath: str  # the log file, for servers that write one
     profilePath: str | None  # where cProfile writes its statistics, when asked
+    extra: tuple[str, ...] = ()  # the workload's own server options (tcpcomm only)
 
 
 @dataclass
@@ -471,6 +472,7 @@ def tcpcommArgv(
             "--max-connections",
             str(launch.maxConnections),
             *extra,
+            *launch.extra,
         ]
 
     return argv
@@ -558,8 +560,10 @@ class Server:
         scratch: str,
         maxConnections: int,
         profiler: str | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.kind = kind
+        self.extra = extra
         self.handler = handler
         self.scratch = scratch
         self.maxConnections = maxConnections
@@ -583,7 +587,12 @@ class Server:
 
     def _launch(self) -> subprocess.Popen[bytes]:
         launch = Launch(
-            self.port, self.handler, self.maxConnections, self.logPath, self.profilePath
+            self.port,
+            self.handler,
+            self.maxConnections,
+            self.logPath,
+            self.profilePath,
+            self.extra,
         )
         out: IO[bytes]
         out = open(self.logPath + ".out", "ab") if self.kind.keepsLog else open(os.devnull, "wb")
@@ -811,14 +820,19 @@ class Context:
 
     @contextmanager
     def server(
-        self, kind: ServerKind, handler: str = "echo", maxConnections: int | None = None
+        self,
+        kind: ServerKind,
+        handler: str = "echo",
+        maxConnections: int | None = None,
+        extra: tuple[str, ...] = (),
     ) -> Iterator[Server]:
         """
         A fresh server for one run, allowed the 10,000-connection workloads'
-        connections unless told otherwise; stopped whatever happens.
+        connections unless told otherwise, with the workload's C{extra}
+        options; stopped whatever happens.
         """
         limit = maxConnections or self.settings.big + CONNECTION_MARGIN
-        server = Server(kind, handler, self.scratch, limit, self.profiler)
+        server = Server(kind, handler, self.scratch, limit, self.profiler, extra)
         try:
             yield server
         finally:
@@ -834,6 +848,7 @@ class Workload:
     throughput: str | None = None  # the metric the 90% target applies to
     big: bool = False  # many connections: repeated bigReps times
     profilable: bool = True  # the server keeps one process throughout
+    tcpcommOnly: bool = False  # the baselines cannot run it: shown as n/a
 
 
 CPU_METRIC = ("cpu_us_per_msg", "server CPU per message", "µs")
@@ -953,13 +968,13 @@ def runFlood(kind: ServerKind, ctx: Context) -> dict[str, Any]:
     return out
 
 
-def warmUp(port: int) -> None:
+def warmUp(port: int, first: bytes = b"") -> None:
     """
-    One round trip on one connection, so that what the first connection
-    loads is not counted per connection.
+    One round trip on one connection (after C{first}, a hello), so that
+    what the first connection loads is not counted per connection.
     """
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
-        sock.sendall(b"warm-up\n")
+        sock.sendall(first + b"warm-up\n")
         got = b""
         for _ in range(100):
             if got.endswith(b"\n"):
@@ -993,6 +1008,35 @@ def runIdle(kind: ServerKind, ctx: Context) -> dict[str, Any]:
     out["rss_before_kib"] = before
     out["rss_after_kib"] = after
     out["open_s"] = ready["open_s"]
+    return out
+
+
+def runHello(kind: ServerKind, ctx: Context) -> dict[str, Any]:
+    """
+    C{big} named clients (C{--client-id hello}) connect, each sending
+    C{hello agent-N} and then one message: the time until every one is
+    identified and answered, and the server's RSS then.
+    """
+    s = ctx.settings
+    with ctx.server(kind, extra=("--client-id", "hello")) as server:
+        warmUp(server.port, b"hello warm-up\n")
+        before = rssKiB(server.pid)
+        cpu0, t0 = cpuSeconds(server.pid), time.monotonic()
+        gen = Loadgen(ctx.loadgen, "idle", server.port, conns=s.big, time_limit=120, hello="agent")
+        try:
+            ready = gen.event(120)
+            cpu, wall = cpuSeconds(server.pid) - cpu0, time.monotonic() - t0
+            time.sleep(0.5)
+            after = rssKiB(server.pid)
+            gen.tell("close\n")
+            result = gen.event(30)
+        finally:
+            gen.finish()
+    out = measured(result, server, cpu, wall, s.big)
+    out["unanswered"] = s.big - int(ready["opened"])
+    out["hello_s"] = ready["open_s"]
+    out["rss_mib"] = round(after / 1024, 1)
+    out["rss_per_conn_b"] = round((after - before) * 1024 / s.big, 1)
     return out
 
 
@@ -1187,6 +1231,17 @@ def workloads() -> list[Workload]:
             [("rss_per_conn_b", "server RSS per connection", "B")],
             runIdle,
             big=True,
+        ),
+        Workload(
+            "hello",
+            "{big:,} named clients connect (hello)",
+            [
+                ("hello_s", "until all are identified and answered", "s"),
+                ("rss_mib", "server RSS", "MiB"),
+            ],
+            runHello,
+            big=True,
+            tcpcommOnly=True,
         ),
         Workload(
             "hold",
@@ -1819,6 +1874,8 @@ def main() -> int:
                 # Rotate the order, so that no server always goes first.
                 order = names[rep % len(names) :] + names[: rep % len(names)]
                 for name in order:
+                    if w.tcpcommOnly and not name.startswith("tcpcomm"):
+                        continue
                     label = f"{w.key} {name} {rep + 1}/{reps}"
                     print(f"  {label} ...", end="", flush=True, file=sys.stderr)
                     try:

@@ -23,6 +23,10 @@ class IPeer(Interface):
     )
     tlsSubject = Attribute("Common name of the peer's TLS certificate, or L{None}.")
     closing = Attribute("Whether L{close} or L{abort} was called: nothing more is read.")
+    conversation = Attribute(
+        "The L{IConversation} the framing hands messages to; one may hand the connection "
+        "over to another (a hello to the session it identified), once."
+    )
 
     def frame(message: bytes) -> bytes:
         """

@@ -20,10 +20,11 @@ from twisted.python import usage
 
 from tcpcomm.config import ConfigFile, givenOptions
 from tcpcomm.handlers import HandlerNotFound, findHandler
+from tcpcomm.hub.identity import ClientTokens
 from tcpcomm.hub.queuestore import checkQueueDir
 from tcpcomm.server import systemBacklog
 from tcpcomm.templates import Template, TemplateError
-from tcpcomm.tokens import TokenFileError, readTokenFile
+from tcpcomm.tokens import NAME_RULE, TokenFileError, isName, readClientTokens, readTokenFile
 from tcpcomm.wire.framing import FRAMINGS
 from tcpcomm.wire.tls import TLS_VERSIONS, TLSFileError, clientCreator, serverOptions
 
@@ -85,6 +86,22 @@ def _hostPort(option: str) -> Callable[[str], tuple[str, int]]:
 
     coerce.coerceDoc = "(HOST:PORT, or [IPV6]:PORT)"  # type: ignore[attr-defined]
     return coerce
+
+
+def _reachableOnlyLocally(option: str, descriptions: list[str]) -> bool:
+    """
+    Whether every server endpoint in C{descriptions} (given as C{option})
+    listens on loopback addresses or UNIX sockets only.
+    """
+    reactor = MemoryReactor()
+    for description in descriptions:
+        try:
+            serverFromString(reactor, description).listen(None)
+        except Exception as e:
+            raise usage.UsageError(
+                f"{option} {description!r} is not a server endpoint: {e}"
+            ) from None
+    return _onlyLocal(reactor)
 
 
 def _onlyLocal(reactor: MemoryReactor) -> bool:
@@ -351,14 +368,8 @@ class _CommonOptions(usage.Options):
         description = self["admin"]
         if description is None:
             return
-        reactor = MemoryReactor()
-        try:
-            serverFromString(reactor, description).listen(None)
-        except Exception as e:
-            raise usage.UsageError(
-                f"--admin {description!r} is not a server endpoint: {e}"
-            ) from None
-        if self["admin-token"] is None and not _onlyLocal(reactor):
+        local = _reachableOnlyLocally("--admin", [description])
+        if self["admin-token"] is None and not local:
             raise usage.UsageError(
                 f"--admin {description!r} can be reached from other machines; give it "
                 "interface=127.0.0.1 (or ::1, or a unix: socket), or require a token with "
@@ -469,6 +480,30 @@ class ServerOptions(_CommonOptions):
             "Folder of the SQLite file that keeps waiting messages across restarts (made if "
             "missing); without it they wait in memory and die with the process.",
         ],
+        [
+            "client-id",
+            None,
+            "address",
+            "What a client is known by: its address, the common name of its certificate "
+            "(tls, needs --tls-client-ca), or the name its first message gives "
+            "(hello: 'hello NAME [TOKEN]').",
+            _choice("--client-id", ["address", "tls", "hello"]),
+        ],
+        [
+            "hello-timeout",
+            None,
+            10.0,
+            "With --client-id hello: seconds a client has to send its hello before it is "
+            "told so and disconnected; 0 is never.",
+            _number("--hello-timeout", float, 0),
+        ],
+        [
+            "client-tokens",
+            None,
+            None,
+            "With --client-id hello: file of 'NAME TOKEN' lines (TOKEN plain or "
+            "sha256:HEX); a hello must carry its name's token. Re-read on SIGHUP.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -481,6 +516,42 @@ class ServerOptions(_CommonOptions):
         if self["backlog"] is None:
             self["backlog"] = systemBacklog()
         self._checkQueueDir()
+        self._checkTLS()
+        self._checkIdentity()
+
+    def _checkIdentity(self) -> None:
+        """
+        Read C{--client-tokens}, and refuse identities that cannot be
+        established, or that anyone on the network could claim.
+        """
+        clientId, path = self["client-id"], self["client-tokens"]
+        self["client-token-table"] = None
+        if path is not None:
+            if clientId != "hello":
+                raise usage.UsageError(f"--client-tokens {path!r} needs --client-id hello")
+            try:
+                self["client-token-table"] = ClientTokens(readClientTokens(path))
+            except TokenFileError as e:
+                raise usage.UsageError(f"--client-tokens {path!r}: {e.reason}") from None
+        if clientId == "tls" and self["tls-client-ca"] is None:
+            raise usage.UsageError(
+                "--client-id tls needs --tls-client-ca: the id is the common name of a "
+                "client certificate it verified"
+            )
+        if clientId != "hello":
+            return
+        if self["framing"] == "raw":
+            raise usage.UsageError(
+                "--client-id hello needs a framing that delimits the hello; --framing raw has none"
+            )
+        if path is None and not _reachableOnlyLocally("--listen", self.listenDescriptions()):
+            raise usage.UsageError(
+                "--client-id hello without --client-tokens lets anyone claim any name, and the "
+                "server can be reached from other machines; listen on 127.0.0.1 (or ::1, or "
+                "a unix: socket), or require tokens with --client-tokens"
+            )
+
+    def _checkTLS(self) -> None:
         cert, key, clientCA = self["tls-cert"], self["tls-key"], self["tls-client-ca"]
         if cert is None:
             for name, value in (("tls-key", key), ("tls-client-ca", clientCA)):
@@ -494,7 +565,9 @@ class ServerOptions(_CommonOptions):
                 "give --listen an ssl: or tls: endpoint instead"
             )
         try:
-            self["tls"] = serverOptions(cert, key, clientCA, self["tls-min-version"])
+            self["tls"] = serverOptions(
+                cert, key, clientCA, self["tls-min-version"], self["client-id"] == "tls"
+            )
         except TLSFileError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -606,6 +679,19 @@ class ClientOptions(_CommonOptions):
         ["tls-cert", None, None, "PEM client certificate to present to the server."],
         ["tls-key", None, None, "PEM private key of --tls-cert (default: read from --tls-cert)."],
         [
+            "name",
+            None,
+            None,
+            "Name to give a server run with --client-id hello: 'hello NAME' is sent first "
+            "on every connection, before the greeting.",
+        ],
+        [
+            "token-file",
+            None,
+            None,
+            "File holding this client's token, sent in the hello (needs --name).",
+        ],
+        [
             "greeting",
             None,
             "hello server, this is the client {time}",
@@ -634,6 +720,7 @@ class ClientOptions(_CommonOptions):
 
     def postOptions(self) -> None:
         super().postOptions()
+        self._checkName()
         self["tls-creator"] = None
         tlsFiles = [(n, self[n]) for n in ("tls-ca", "tls-cert", "tls-key") if self[n] is not None]
         if tlsFiles and not self["tls"]:
@@ -670,6 +757,30 @@ class ClientOptions(_CommonOptions):
                 raise usage.UsageError(
                     f"--connect {self['connect']!r} is not a client endpoint: {e}"
                 ) from None
+
+    def _checkName(self) -> None:
+        """
+        Make the hello (C{--name}, C{--token-file}) the client sends first.
+        """
+        name, path = self["name"], self["token-file"]
+        self["hello"] = None
+        if name is None:
+            if path is not None:
+                raise usage.UsageError(f"--token-file {path!r} needs --name")
+            return
+        if not isName(name):
+            raise usage.UsageError(f"--name {name!r} is not a name: a name is {NAME_RULE}")
+        if self["framing"] == "raw":
+            raise usage.UsageError(
+                f"--name {name!r} needs a framing that delimits the hello; --framing raw has none"
+            )
+        hello = f"hello {name}"
+        if path is not None:
+            try:
+                hello += " " + readTokenFile(path)
+            except TokenFileError as e:
+                raise usage.UsageError(f"--token-file {path!r}: {e.reason}") from None
+        self["hello"] = hello
 
 
 class Options(usage.Options):

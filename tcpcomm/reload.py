@@ -2,8 +2,9 @@
 Reloading settings on SIGHUP: parse the command line again (which re-reads
 C{--config}, the TLS files and the admin token), put in place what a running
 process can change, and log what needs a restart. Reloaded values apply to
-new connections, messages and timers; nobody is disconnected. A reload that
-fails keeps every old setting.
+new connections, messages and timers; nobody is disconnected but the
+clients whose C{--client-tokens} token went. A reload that fails keeps every
+old setting.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from tcpcomm.client import ClientFactory, ClientStatus, RetryPolicy, makeClientS
 from tcpcomm.control.admin import AdminResource, Outgoing, makeAdminSite
 from tcpcomm.control.metrics import makeRegistry
 from tcpcomm.hub.hub import Hub
+from tcpcomm.hub.identity import HelloIdentity, tlsIdentity
 from tcpcomm.hub.queues import Queues, QueueService
 from tcpcomm.logs import loggedByTcpcomm
 from tcpcomm.messagelog import MessageLog
@@ -181,6 +182,7 @@ def makeServer(
     hub = makeHub(options, reactor, client=False, messageLog=messageLog)
     factory = MessageFactory(FRAMINGS[options["framing"]], hub, makeLimits(options, client=False))
     reloader = makeReloader(options, hub, factory, reactor, client=False)
+    addIdentity(options, hub, reloader)
     tls = None
     if options["tls"] is not None:
         tls = ReloadableServerTLS(options["tls"])
@@ -221,6 +223,31 @@ def makeQueues(options: ServerOptions, reactor: Any) -> Queues:
         options["queue-max-messages"],
         options["queue-max-bytes"],
         options["queue-total-bytes"],
+    )
+
+
+def addIdentity(options: ServerOptions, hub: Hub, reloader: Reloader) -> None:
+    """
+    How the server's clients are known (C{--client-id}); with C{hello},
+    C{--hello-timeout} and C{--client-tokens} are reloaded, and a reload
+    disconnects the clients whose token went.
+    """
+    if options["client-id"] == "tls":
+        hub.identify = tlsIdentity
+    if options["client-id"] != "hello":
+        return
+    identity = HelloIdentity(hub, options["hello-timeout"], options["client-token-table"])
+    hub.identify = identity
+    reloader.add(
+        Live("hello timeout", lambda o: o["hello-timeout"], partial(setattr, identity, "timeout"))
+    )
+    reloader.add(
+        Live(
+            "client tokens",
+            lambda o: o["client-token-table"],
+            identity.setTokens,
+            sources=lambda name: name == "client-tokens",
+        )
     )
 
 
@@ -301,6 +328,14 @@ def serverEndpoints(
     return [(serverFromString(reactor, d), d) for d in options.listenDescriptions()]
 
 
+def _helloBytes(options: Mapping[str, Any]) -> bytes | None:
+    """
+    The client's hello (C{--name}, C{--token-file}), encoded, or L{None}.
+    """
+    hello = options["hello"]
+    return None if hello is None else hello.encode(options["encoding"])
+
+
 def makeClient(
     options: ClientOptions, reactor: Any, messageLog: MessageLog | None = None
 ) -> MultiService:
@@ -331,6 +366,15 @@ def makeClient(
         FRAMINGS[options["framing"]], hub, makeLimits(options, client=True), policy, status
     )
     reloader = makeReloader(options, hub, factory, reactor, client=True)
+    hub.hello = _helloBytes(options)
+    reloader.add(
+        Live(
+            "hello",
+            _helloBytes,
+            partial(setattr, hub, "hello"),
+            sources=lambda name: name in ("name", "token-file"),
+        )
+    )
     if tls is not None:
         reloader.add(
             _liveTLS(

@@ -59,7 +59,7 @@ class RecordingHub(Hub):
     A hub whose connections only record what happens to them.
     """
 
-    def conversationFor(self, peer: IPeer) -> Recorder:  # type: ignore[override]
+    def conversationFor(self, peer: IPeer) -> Recorder:
         return Recorder(peer)
 
 

@@ -372,7 +372,7 @@ class QueueRouteTests(SynchronousTestCase):
 
     def makeResource(self, hub: Hub) -> AdminResource:
         routes = serverRoutes(hub, Outgoing("utf-8", "line", 64), self.clock)
-        return AdminResource(routes, makeRegistry(hub), {}, None, 64)
+        return AdminResource(routes, makeRegistry(hub), "server", None, 64)
 
     def send(self, clientId: str, query: bytes, body: bytes = b"hello") -> Any:
         return render(
@@ -482,7 +482,7 @@ class HandlerHubTests(SynchronousTestCase):
         self.assertIsNone(hub.queues)
         self.assertTrue(IHub.providedBy(hub))
         routes = serverRoutes(hub, Outgoing("utf-8", "line", 64), clock)
-        resource = AdminResource(routes, makeRegistry(hub), {}, None, 64)
+        resource = AdminResource(routes, makeRegistry(hub), "server", None, 64)
         self.assertEqual(answer(render(resource, b"GET", b"/queues")), (200, {"queues": []}))
         self.assertEqual(
             answer(render(resource, b"POST", b"/clients/x/messages?ttl=5", b"m"))[0], 404
@@ -554,7 +554,7 @@ class LoadFailureTests(SynchronousTestCase):
         self.assertIn("queues-load-failed", [e.get("event") for e in events])
         self.flushLoggedErrors(OSError)
         routes = serverRoutes(hub, Outgoing("utf-8", "line", 64), clock)
-        resource = AdminResource(routes, makeRegistry(hub), {}, None, 64)
+        resource = AdminResource(routes, makeRegistry(hub), "server", None, 64)
         status, body = answer(render(resource, b"POST", b"/clients/a/messages?ttl=5", b"m"))
         self.assertEqual(status, 503)
         self.assertIn("could not be loaded", body["error"])

@@ -107,6 +107,11 @@ class HubCollector(Collector):
                 "Empty messages (heartbeats) received.",
                 stats.heartbeatsIn,
             ),
+            (
+                "tcpcomm_takeovers",
+                "Named clients replaced by a newer connection with the same name.",
+                stats.takeovers,
+            ),
         ]:
             yield CounterMetricFamily(name, documentation, value=value)
         queues = self._hub.queues

@@ -5,6 +5,7 @@ Handlers reach other sessions through it; the admin API reads it.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -16,13 +17,18 @@ from zope.interface import implementer
 from tcpcomm.hub.queues import Queues
 from tcpcomm.hub.registry import PeerRegistry
 from tcpcomm.hub.session import Session, Watcher
-from tcpcomm.interfaces import IHandler, IHub, IPeer, ISession, ISide, IStats
+from tcpcomm.interfaces import IConversation, IHandler, IHub, IPeer, ISession, ISide, IStats
 from tcpcomm.logs import RateLimiter
 from tcpcomm.messagelog import MessageLog
 from tcpcomm.templates import Texts
 
 # The namespace its lines had before the package had layers: operators filter on it.
 log = Logger(namespace="tcpcomm.hub")
+
+#: More takeovers of one name than this within L{FLAP_WINDOW} seconds is
+#: logged as flapping: two clients that share a name.
+FLAP_TAKEOVERS = 5
+FLAP_WINDOW = 60.0
 
 
 #: The traffic counters each session keeps, which the side's totals add up.
@@ -52,6 +58,7 @@ class Stats:
         "heartbeatsIn",
         "handshakeTimeouts",
         "handshakeEvictions",
+        "takeovers",
     )
 
     def __init__(self, registry: PeerRegistry) -> None:
@@ -68,6 +75,7 @@ class Stats:
         self.heartbeatsIn = 0
         self.handshakeTimeouts = 0
         self.handshakeEvictions = 0
+        self.takeovers = 0
 
     def retire(self, session: Session) -> None:
         """
@@ -128,15 +136,33 @@ class Hub:
         self.undecodableLines = RateLimiter(
             "undecodable", "undecodable messages from {peer}", clock
         )
+        #: How a new session finds its id (L{tcpcomm.hub.identity}): it
+        #: returns the connection's first conversation, which registers the
+        #: session once identified; L{None} keeps the address as the id.
+        self.identify: Callable[[Session], IConversation] | None = None
+        #: Connections still to say who they are, which are not in the
+        #: registry yet but count against C{--max-connections}.
+        self.unidentified = 0
+        #: What the client sends first on every connection, before its
+        #: greeting (C{hello NAME [TOKEN]}, from C{--name}), encoded.
+        self.hello: bytes | None = None
+        #: The recent takeovers of each name, to notice flapping; the name
+        #: taken over longest ago first.
+        self._takeovers: dict[str, deque[float]] = {}
+        self.flappingLines = RateLimiter("flapping", "flapping warnings for {peer}", clock)
+        #: Sessions replaced and not yet gone: why, for the watchers' lost event.
+        self._replacedBy: dict[Session, str] = {}
         self.handler = handlerFactory(self)
 
     # ISide: what the factory of its connections calls.
 
-    def conversationFor(self, peer: IPeer) -> Session:
-        return Session(self, peer)
+    def conversationFor(self, peer: IPeer) -> IConversation:
+        session = Session(self, peer)
+        return session if self.identify is None else self.identify(session)
 
     def connectionCount(self) -> int:
-        return len(self.registry)
+        # Those still to say who they are hold a descriptor too.
+        return len(self.registry) + self.unidentified
 
     def fullReply(self, now: float) -> bytes:
         full = self.texts.fullReply
@@ -145,7 +171,18 @@ class Hub:
     # Called by sessions.
 
     def sessionStarted(self, session: Session) -> None:
+        """
+        C{session} is identified: the one place a session becomes known by
+        its id, before any message is sent to it. A session already known
+        by that id is replaced and closed (newest wins).
+        """
+        old = self.registry.get(session.id)
         self.registry.add(session)
+        if old is not None and old is not session:
+            self._replaced(old, session)
+        if self.hello is not None:
+            # Not counted nor shown to watchers: it may hold a token.
+            session.peer.sendMessage(self.hello)
         if self.queues is not None:
             # Before the handler hears of it: queued messages go first.
             registry = self.registry
@@ -155,11 +192,53 @@ class Hub:
             self.notify("connected", session, "")
         self._call("connected", session)
 
+    def _replaced(self, old: Session, new: Session) -> None:
+        """
+        C{new} took C{old}'s id: close C{old}, which the registry no longer
+        knows, so it gets nothing meant for C{new}.
+        """
+        self.stats.takeovers += 1
+        name = new.id
+        log.info(
+            "replaced {peer} (was {oldAddress}, now {address})",
+            event="replaced",
+            peer=name,
+            oldAddress=old.address,
+            address=new.address,
+        )
+        self._replacedBy[old] = f"replaced by {new.address}"
+        old.close()
+        now = self.clock.seconds()
+        since = now - FLAP_WINDOW
+        takeovers = self._takeovers
+        # Oldest last takeover first: names quiet for a window are forgotten.
+        recent = takeovers.pop(name, None) or deque()
+        while takeovers:
+            first = next(iter(takeovers))
+            if takeovers[first][-1] > since:
+                break
+            del takeovers[first]
+        takeovers[name] = recent
+        recent.append(now)
+        while recent[0] <= since:
+            recent.popleft()
+        if len(recent) > FLAP_TAKEOVERS and self.flappingLines.allow(name):
+            log.warn(
+                "{peer} is flapping: {count} takeovers in the last {window:g} s; do two "
+                "clients share this name?",
+                event="flapping",
+                peer=name,
+                count=len(recent),
+                window=FLAP_WINDOW,
+                address=new.address,
+            )
+
     def sessionEnded(self, session: Session, reason: Failure) -> None:
         self.stats.retire(session)
         self.registry.remove(session)
+        why = self._replacedBy.pop(session, None) if self._replacedBy else None
         if self.watchers:
-            self.notify("lost", session, reason.getErrorMessage())
+            self.notify("lost", session, why or reason.getErrorMessage())
         self._call("disconnected", session, reason)
 
     def _call(self, method: str, session: Session, *args: Any) -> None:

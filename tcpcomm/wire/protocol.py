@@ -707,5 +707,6 @@ class MessageFactory(Factory[FramedProtocol]):
             "lost {peer}: {reason}",
             event="lost",
             peer=peer.id,
+            address=peer.address,
             reason=reason.getErrorMessage(),
         )

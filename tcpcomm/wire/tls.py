@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from OpenSSL.crypto import FILETYPE_PEM, X509
+from OpenSSL.SSL import Connection, Context
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import (
     AcceptableCiphers,
@@ -23,6 +24,13 @@ from twisted.internet.ssl import (
     platformTrust,
     trustRootFromCertificates,
 )
+from twisted.logger import Logger
+
+from tcpcomm.tokens import NAME_RULE, isName
+from tcpcomm.wire.address import addressText
+
+# The namespace its lines had before the package had layers: operators filter on it.
+log = Logger(namespace="tcpcomm.tls")
 
 _CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
@@ -95,13 +103,56 @@ def privateCertificate(
         raise TLSFileError(f"{keyOption} does not match {certOption} {certPath!r}: {e}") from None
 
 
+class NamedClientOptions(CertificateOptions):
+    """
+    Server TLS for C{--client-id tls}: besides being signed by
+    C{--tls-client-ca}, a client's certificate must have a common name that
+    is a valid client name, or the handshake fails.
+    """
+
+    _named = False
+
+    def getContext(self) -> Context:
+        context = super().getContext()
+        if not self._named:
+            self._named = True
+            # Twisted's own check only passes OpenSSL's verdict on.
+            context.set_verify(context.get_verify_mode(), _verifyNamed)
+        return context
+
+
+def _verifyNamed(
+    connection: Connection, certificate: X509, errno: int, depth: int, ok: int
+) -> bool:
+    if not ok or depth > 0:
+        return bool(ok)
+    name = certificate.get_subject().commonName
+    if name is not None and isName(name):
+        return True
+    peer = getattr(connection.get_app_data(), "getPeer", None)
+    log.warn(
+        "refusing {peer}: its certificate's common name {subject!r} is not a usable id "
+        "(--client-id tls; a name is {rule})",
+        event="tls-no-name",
+        peer="?" if peer is None else addressText(peer()),
+        subject=subjectName(certificate),
+        rule=NAME_RULE,
+    )
+    return False
+
+
 def serverOptions(
-    certPath: str, keyPath: str | None, clientCAPath: str | None, minVersion: str = "1.2"
+    certPath: str,
+    keyPath: str | None,
+    clientCAPath: str | None,
+    minVersion: str = "1.2",
+    namedClients: bool = False,
 ) -> CertificateOptions:
     """
     A server context from C{--tls-cert}/C{--tls-key} with the modern
     L{profile}; with C{--tls-client-ca}, the handshake fails for a client
-    without a certificate signed by that CA.
+    without a certificate signed by that CA, and with C{namedClients}
+    (C{--client-id tls}) for one whose common name is no client name.
     """
     identity, chain = privateCertificate("--tls-cert", certPath, "--tls-key", keyPath)
     mutual: dict[str, Any] = {}
@@ -109,7 +160,8 @@ def serverOptions(
         # A trust root makes Twisted require and verify the client's certificate.
         cas = certificates("--tls-client-ca", clientCAPath)
         mutual["trustRoot"] = trustRootFromCertificates(cas)
-    return CertificateOptions(
+    kind = NamedClientOptions if namedClients and clientCAPath is not None else CertificateOptions
+    return kind(
         privateKey=identity.privateKey.original,
         certificate=identity.original,
         extraCertChain=[c.original for c in chain],
