@@ -37,7 +37,9 @@
  * measured. Output: one JSON object per line on stdout. Times are
  * CLOCK_MONOTONIC seconds, the clock of Python's time.monotonic() on Linux.
  * --hello PREFIX makes connection i send "hello PREFIX-i" first, for a
- * server that names its clients (--client-id hello).
+ * server that names its clients (--client-id hello); with --expect-first
+ * LINE each connection must then receive LINE (and its newline) before the
+ * replies to what it sends (a message queued for it).
  * Every phase is bounded by --time-limit.
  */
 #define _GNU_SOURCE
@@ -89,6 +91,7 @@ struct conn {
 	long runs;     /* exchanges completed in the run phase */
 	char line[64]; /* broadcast receivers: the partial line */
 	int lineLen;
+	size_t firstPos; /* --expect-first: bytes of it received so far */
 };
 
 static struct {
@@ -106,6 +109,8 @@ static struct {
 	int flood;
 	int serverPid;
 	const char *hello; /* --hello PREFIX: send "hello PREFIX-<i>" first */
+	const char *expectFirst; /* --expect-first LINE: received before any reply */
+	size_t expectFirstLen;   /* with its newline */
 } opt = {
     .port = 0,
     .conns = 1,
@@ -488,6 +493,22 @@ static void exchangeDone(struct conn *c)
 
 static void checkData(struct conn *c, const unsigned char *p, size_t n)
 {
+	if (c->firstPos < opt.expectFirstLen) {
+		size_t want = opt.expectFirstLen - c->firstPos, take = n < want ? n : want;
+		for (size_t i = 0; i < take; i++) {
+			size_t at = c->firstPos + i;
+			unsigned char expected = at < opt.expectFirstLen - 1 ? (unsigned char)opt.expectFirst[at] : '\n';
+			if (p[i] != expected) {
+				noteError(&dataErrors, "the first line differs from --expect-first", (int)(c - cs), 0);
+				break;
+			}
+		}
+		c->firstPos += take;
+		p += take;
+		n -= take;
+		if (n == 0)
+			return;
+	}
 	if (n > c->rxLeft) {
 		noteError(&dataErrors, "more data than was sent", (int)(c - cs), 0);
 		n = c->rxLeft;
@@ -977,7 +998,8 @@ static void usage(void)
 		"usage: loadgen rr|pipeline|idle|broadcast|storm|churn --port P [--conns N]\n"
 		"  [--size BYTES] [--burst N] [--duration S] [--warmup S] [--count N]\n"
 		"  [--open-concurrency N] [--retry-initial S] [--retry-max S] [--time-limit S]\n"
-		"  [--seed N] [--sources N] [--flood N] [--server-pid PID] [--hello PREFIX]\n");
+		"  [--seed N] [--sources N] [--flood N] [--server-pid PID] [--hello PREFIX]\n"
+		"  [--expect-first LINE]\n");
 	exit(2);
 }
 
@@ -1032,6 +1054,10 @@ int main(int argc, char **argv)
 			opt.flood = atoi(v);
 		else if (!strcmp(k, "--hello"))
 			opt.hello = v;
+		else if (!strcmp(k, "--expect-first")) {
+			opt.expectFirst = v;
+			opt.expectFirstLen = strlen(v) + 1;
+		}
 		else if (!strcmp(k, "--server-pid"))
 			opt.serverPid = atoi(v);
 		else

@@ -1011,29 +1011,74 @@ def runIdle(kind: ServerKind, ctx: Context) -> dict[str, Any]:
     return out
 
 
+def queueForNames(adminPort: int, prefix: str, count: int) -> float:
+    """
+    One message queued (C{?ttl=}) for each of C{count} names C{PREFIX-N}
+    through the admin API, on one kept-alive HTTP connection; the seconds
+    it took.
+    """
+    import http.client
+
+    start = time.monotonic()
+    connection = http.client.HTTPConnection("127.0.0.1", adminPort, timeout=30)
+    try:
+        for n in range(count):
+            connection.request("POST", f"/clients/{prefix}-{n}/messages?ttl=3600", b"queued")
+            answer = connection.getresponse()
+            answer.read()
+            if answer.status != 202:
+                raise RuntimeError(f"queueing for {prefix}-{n}: HTTP {answer.status}")
+    finally:
+        connection.close()
+    return time.monotonic() - start
+
+
+def adminJSON(adminPort: int, path: str) -> Any:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{adminPort}{path}", timeout=30) as answer:
+        return json.load(answer)
+
+
 def runHello(kind: ServerKind, ctx: Context) -> dict[str, Any]:
     """
-    C{big} named clients (C{--client-id hello}) connect, each sending
-    C{hello agent-N} and then one message: the time until every one is
-    identified and answered, and the server's RSS then.
+    C{big} named clients (C{--client-id hello}), each with one message
+    queued for it beforehand, connect, each sending C{hello agent-N} and
+    then one message: the time until every one is identified and answered
+    (its queued message comes first), and the server's RSS then. Every
+    queued message must have been delivered.
     """
     s = ctx.settings
-    with ctx.server(kind, extra=("--client-id", "hello")) as server:
+    adminPort = freePort()
+    extra = ("--client-id", "hello", "--admin", f"tcp:{adminPort}:interface=127.0.0.1")
+    with ctx.server(kind, extra=extra) as server:
         warmUp(server.port, b"hello warm-up\n")
+        queued_s = queueForNames(adminPort, "agent", s.big)
         before = rssKiB(server.pid)
         cpu0, t0 = cpuSeconds(server.pid), time.monotonic()
-        gen = Loadgen(ctx.loadgen, "idle", server.port, conns=s.big, time_limit=120, hello="agent")
+        gen = Loadgen(
+            ctx.loadgen,
+            "idle",
+            server.port,
+            conns=s.big,
+            time_limit=120,
+            hello="agent",
+            expect_first="queued",
+        )
         try:
             ready = gen.event(120)
             cpu, wall = cpuSeconds(server.pid) - cpu0, time.monotonic() - t0
             time.sleep(0.5)
             after = rssKiB(server.pid)
+            left = adminJSON(adminPort, "/queues")["queues"]
             gen.tell("close\n")
             result = gen.event(30)
         finally:
             gen.finish()
     out = measured(result, server, cpu, wall, s.big)
     out["unanswered"] = s.big - int(ready["opened"])
+    out["errors"] += len(left)  # a queued message not delivered
+    out["queued_s"] = round(queued_s, 3)
     out["hello_s"] = ready["open_s"]
     out["rss_mib"] = round(after / 1024, 1)
     out["rss_per_conn_b"] = round((after - before) * 1024 / s.big, 1)
@@ -1234,9 +1279,10 @@ def workloads() -> list[Workload]:
         ),
         Workload(
             "hello",
-            "{big:,} named clients connect (hello)",
+            "{big:,} named clients connect (hello), each with one queued message",
             [
-                ("hello_s", "until all are identified and answered", "s"),
+                ("queued_s", "one message queued for each (POST ?ttl=)", "s"),
+                ("hello_s", "until all are identified, got it and are answered", "s"),
                 ("rss_mib", "server RSS", "MiB"),
             ],
             runHello,
