@@ -69,29 +69,29 @@ class QueueRecipeTests(SynchronousTestCase):
     """
 
     def test_recipe(self) -> None:
-        """curl queues the message (202), tcpcomm queues lists it, the client gets it on connecting."""
+        """curl queues the message for agent-7 (202), tcpcomm queues lists it, the client named agent-7 gets it on connecting."""
         if shutil.which("curl") is None:
             raise SkipTest("curl is not installed")
         folder = scratch(self)
         port, admin, local = freePort(), freePort(), freePort()
-        text = recipe("queue").replace("9528", str(admin)).replace("40522", str(local))
+        text = recipe("queue").replace("9528", str(admin))
         serverLine, send, listing, clientLine = text.splitlines()
         server = Twistd(self, *twistdArgs(serverLine, port)[1:], cwd=folder)
         server.waitFor(rf"listening on 127\.0\.0\.1:{admin} \(admin API")
         sent = shell(self, send, folder)
         self.assertEqual(
             (sent.returncode, sent.stdout),
-            (0, f'{{"id": "127.0.0.1:{local}", "queued": true, "position": 1}}\n'),
+            (0, '{"id": "agent-7", "queued": true, "position": 1}\n'),
             sent.stderr,
         )
         listed = shell(self, listing, folder)
         self.assertEqual(listed.returncode, 0, listed.stderr)
-        self.assertRegex(listed.stdout, rf"127\.0\.0\.1:{local}\s+1\s+7 B\s+\d+s\n")
+        self.assertRegex(listed.stdout, r"agent-7\s+1\s+7 B\s+\d+s\n")
         self.assertTrue(listed.stdout.endswith("1 message waiting for 1 client\n"), listed.stdout)
         self.assertTrue(os.path.exists(os.path.join(folder, "queues", "queues.sqlite3")))
         client = Twistd(self, *twistdArgs(clientLine, port)[2:], cwd=folder)
         client.waitFor(rf"message from 127\.0\.0\.1:{port}: restart")
-        server.waitFor(rf"delivered 1 queued message\(s\) to 127\.0\.0\.1:{local}")
+        server.waitFor(r"delivered 1 queued message\(s\) to agent-7")
         empty = shell(self, listing.replace(" queues", " --json queues"), folder)
         self.assertEqual(empty.stdout, '{"queues": []}\n', empty.stderr)
         assertCleanLog(self, server.output())
