@@ -73,7 +73,7 @@ class QueueRecipeTests(SynchronousTestCase):
         if shutil.which("curl") is None:
             raise SkipTest("curl is not installed")
         folder = scratch(self)
-        port, admin, local = freePort(), freePort(), freePort()
+        port, admin = freePort(), freePort()
         text = recipe("queue").replace("9528", str(admin))
         serverLine, send, listing, clientLine = text.splitlines()
         server = Twistd(self, *twistdArgs(serverLine, port)[1:], cwd=folder)
