@@ -453,6 +453,14 @@ class ServerOptions(_CommonOptions):
             _number("--shutdown-timeout", float, 0),
         ],
         [
+            "drain-period",
+            None,
+            30.0,
+            "Seconds a drain (POST /drain, tcpcomm drain) spreads the closing of the clients "
+            "over, after it stops listening and before the server stops.",
+            _number("--drain-period", float, 0),
+        ],
+        [
             "queue-max-messages",
             None,
             1000,

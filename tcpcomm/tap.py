@@ -25,6 +25,7 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint, ISt
 from tcpcomm.client import ClientFactory, ClientStatus, RetryPolicy, makeClientService
 from tcpcomm.control.admin import AdminResource, Outgoing, makeAdminSite
 from tcpcomm.control.metrics import makeRegistry
+from tcpcomm.drain import Drain
 from tcpcomm.hub.hub import Hub
 from tcpcomm.hub.identity import HelloIdentity, tlsIdentity
 from tcpcomm.hub.queues import Queues, QueueService
@@ -202,7 +203,12 @@ def makeServer(
     )
     hub.queues = makeQueues(options, reactor)
     QueueService(hub.queues).setServiceParent(top)
-    addAdmin(top, options, hub, reactor, reloader)
+    drain = Drain(hub.registry, top.listeners, reactor, options["drain-period"], reactor.stop)
+    drain.setServiceParent(top)
+    reloader.add(
+        Live("drain period", lambda o: o["drain-period"], partial(setattr, drain, "period"))
+    )
+    addAdmin(top, options, hub, reactor, reloader, drain=drain)
     addReloadService(top, reloader, reactor)
     return top
 
@@ -273,9 +279,11 @@ def addAdmin(
     reactor: Any,
     reloader: Reloader,
     status: ClientStatus | None = None,
+    drain: Drain | None = None,
 ) -> None:
     """
-    Serve the admin API on C{--admin}, if given.
+    Serve the admin API on C{--admin}, if given; a server's can start its
+    C{drain}.
     """
     description = options["admin"]
     if description is None:
@@ -283,7 +291,7 @@ def addAdmin(
     outgoing = Outgoing(options["encoding"], options["framing"], options["max-message-size"])
     site = makeAdminSite(
         hub,
-        makeRegistry(hub, status, reloader.status),
+        makeRegistry(hub, status, reloader.status, drain),
         outgoing,
         reactor,
         options["admin-token"],
@@ -291,6 +299,7 @@ def addAdmin(
         dashboard=None if status is not None else DASHBOARD.read_bytes(),
         maxConnections=options["admin-max-connections"],
         reloads=reloader.status,
+        drain=drain,
     )
     resource = cast(AdminResource, site.resource)
     reloader.add(

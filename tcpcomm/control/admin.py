@@ -57,6 +57,7 @@ from zope.interface import implementer
 from tcpcomm.client import ClientStatus
 from tcpcomm.control.openapi import (
     CLIENT_SCHEMA,
+    DRAIN_SCHEMA,
     HEALTHZ_SCHEMA,
     SEND_ERRORS,
     STATUS_SCHEMA,
@@ -70,6 +71,7 @@ from tcpcomm.control.openapi import (
     simpleObject,
     textResponse,
 )
+from tcpcomm.drain import Drain
 from tcpcomm.hub.hub import Hub
 from tcpcomm.hub.queues import QueueFull, Queues, QueueUnavailable
 from tcpcomm.interfaces import ISession
@@ -226,14 +228,25 @@ class AdminResource(Resource):
         maxBody: int,
         dashboard: bytes | None = None,
         reloads: ReloadStatus | None = None,
+        drain: Drain | None = None,
     ) -> None:
         super().__init__()
 
         def healthz(request: Request, params: list[str]) -> tuple[int, Any]:
-            if reloads is None:
-                return 200, {"status": "ok"}
-            lastReload = {"time": isoTime(reloads.time), "ok": reloads.ok, "error": reloads.error}
-            return 200, {"status": "ok", "lastReload": lastReload}
+            health: dict[str, Any] = {"status": "ok"}
+            code = 200
+            if drain is not None and drain.draining:
+                # 503: HAProxy's http-check takes the node down, and sends it no one new.
+                health["status"] = "draining"
+                health["drain"] = drain.state()
+                code = 503
+            if reloads is not None:
+                health["lastReload"] = {
+                    "time": isoTime(reloads.time),
+                    "ok": reloads.ok,
+                    "error": reloads.error,
+                }
+            return code, health
 
         def openapi(request: Request, params: list[str]) -> tuple[int, Any]:
             body = json.dumps(self.openapi(), indent=1).encode()
@@ -245,7 +258,12 @@ class AdminResource(Resource):
                 Doc(
                     "healthz",
                     "Is the daemon up? Never needs a token.",
-                    {"200": jsonResponse("Up.", HEALTHZ_SCHEMA)},
+                    {
+                        "200": jsonResponse("Up.", HEALTHZ_SCHEMA),
+                        "503": jsonResponse(
+                            "Draining (POST /drain): up, but send it no one new.", HEALTHZ_SCHEMA
+                        ),
+                    },
                 ),
                 public=True,
             ),
@@ -612,9 +630,11 @@ def _ttl(request: Request) -> float | None:
     return seconds
 
 
-def serverRoutes(hub: Hub, outgoing: Outgoing, clock: IReactorTime) -> dict[tuple[str, str], Route]:
+def serverRoutes(
+    hub: Hub, outgoing: Outgoing, clock: IReactorTime, drain: Drain | None = None
+) -> dict[tuple[str, str], Route]:
     """
-    The server's routes.
+    The server's routes; C{POST /drain} where there is a C{drain}.
     """
 
     def session(sessionId: str) -> ISession:
@@ -688,6 +708,13 @@ def serverRoutes(hub: Hub, outgoing: Outgoing, clock: IReactorTime) -> dict[tupl
         target.close()
         log.info("admin: disconnecting {peer}", event="admin-disconnect", peer=target.id)
         return 200, {"id": target.id, "disconnected": True}
+
+    def startDrain(request: Request, params: list[str]) -> tuple[int, Any]:
+        assert drain is not None
+        if not drain.start():
+            return 200, {"draining": True, "already": True, **drain.state()}
+        log.info("admin: draining", event="admin-drain")
+        return 202, {"draining": True, "already": False, **drain.state()}
 
     absent = error("No such client is connected.")
     clientsLinks = {
@@ -818,6 +845,25 @@ def serverRoutes(hub: Hub, outgoing: Outgoing, clock: IReactorTime) -> dict[tupl
                 requestBody=TEXT_BODY,
             ),
             body=True,
+        ),
+        **(
+            {}
+            if drain is None
+            else {
+                ("POST", "/drain"): Route(
+                    startDrain,
+                    Doc(
+                        "drain",
+                        "Stop accepting, report draining on /healthz, close the clients evenly "
+                        "over --drain-period, then stop as on SIGTERM.",
+                        {
+                            "202": jsonResponse("Draining from now on.", ref("Drain")),
+                            "200": jsonResponse("Already draining: nothing changed.", ref("Drain")),
+                        },
+                        schemas={"Drain": DRAIN_SCHEMA},
+                    ),
+                )
+            }
         ),
         ("GET", "/events"): Route(
             EventStream(hub, clock),
@@ -1139,19 +1185,21 @@ def makeAdminSite(
     dashboard: bytes | None = None,
     maxConnections: int = 64,
     reloads: ReloadStatus | None = None,
+    drain: Drain | None = None,
 ) -> AdminSite:
     """
     The admin site of a server (C{status} is L{None}) or of a client;
-    C{/healthz} tells the last reload's time and result from C{reloads}.
+    C{/healthz} tells the last reload's time and result from C{reloads},
+    and whether the server's C{drain} is under way.
     """
     if status is None:
-        routes = serverRoutes(hub, outgoing, clock)
+        routes = serverRoutes(hub, outgoing, clock, drain)
         role = "server"
     else:
         routes = clientRoutes(hub, status, outgoing)
         role = "client"
         dashboard = None
     resource = AdminResource(
-        routes, metrics, role, token, outgoing.maxMessageSize, dashboard, reloads
+        routes, metrics, role, token, outgoing.maxMessageSize, dashboard, reloads, drain
     )
     return AdminSite(resource, maxConnections, clock)

@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from tcpcomm.client import ClientStatus
+from tcpcomm.drain import Drain
 from tcpcomm.hub.hub import Hub
 from tcpcomm.hub.queues import Queues
 
@@ -39,6 +40,27 @@ class ReloadCollector(Collector):
             "tcpcomm_config_last_reload_timestamp_seconds",
             "When the settings were last loaded (or a reload failed), in seconds since the epoch.",
             value=self._reloads.time,
+        )
+
+
+class DrainCollector(Collector):
+    """
+    Whether the server is draining, and how many clients the drain closed.
+    """
+
+    def __init__(self, drain: Drain) -> None:
+        self._drain = drain
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "tcpcomm_draining",
+            "1 while the server drains (POST /drain), else 0.",
+            value=1 if self._drain.draining else 0,
+        )
+        yield CounterMetricFamily(
+            "tcpcomm_drain_closed",
+            "Clients the drain has closed.",
+            value=self._drain.closed,
         )
 
 
@@ -168,16 +190,22 @@ def queueMetrics(queues: Queues) -> Iterator[Metric]:
 
 
 def makeRegistry(
-    hub: Hub, status: ClientStatus | None = None, reloads: ReloadStatus | None = None
+    hub: Hub,
+    status: ClientStatus | None = None,
+    reloads: ReloadStatus | None = None,
+    drain: Drain | None = None,
 ) -> CollectorRegistry:
     """
-    A registry of this process's metrics: the hub's, the last reload's, and
-    the process's own (memory, CPU, open files) and Python's.
+    A registry of this process's metrics: the hub's, the last reload's, the
+    server's drain, and the process's own (memory, CPU, open files) and
+    Python's.
     """
     registry = CollectorRegistry()
     registry.register(HubCollector(hub, status))
     if reloads is not None:
         registry.register(ReloadCollector(reloads))
+    if drain is not None:
+        registry.register(DrainCollector(drain))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry
