@@ -450,7 +450,7 @@ def showDrain(answer: dict[str, Any], args: argparse.Namespace) -> str:
     if answer["already"]:
         return (
             f"already draining: closed {answer['closed']} of {clients}, "
-            f"stopping in {answer['secondsLeft']:g} s"
+            f"stopping in {answer['secondsLeft']:.1f} s"
         )
     period = answer["periodSeconds"]
     return f"draining: stopped listening; closing {clients} over {period:g} s, then stopping"
