@@ -7,9 +7,11 @@ metrics of a draining server; C{--drain-period}; the command's answers.
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
@@ -23,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from tcpcomm.cli import parser, showDrain
-from tcpcomm.control.admin import Outgoing, makeAdminSite
+from tcpcomm.control.admin import AdminSite, Outgoing, makeAdminSite
 from tcpcomm.control.metrics import makeRegistry
 from tcpcomm.drain import Drain
 from tcpcomm.hub.hub import Hub
@@ -33,6 +35,7 @@ from tcpcomm.server import makeServerService
 from tcpcomm.wire.protocol import FramedProtocol
 
 from .support import NOON, FakeFileLimit, callSite, connect, hubOf, makeHub
+from .test_reload import Running
 
 
 @implementer(IListeningPort)
@@ -263,6 +266,43 @@ class ListenerTests(SynchronousTestCase):
         drain.start()
         self.assertEqual([e.port.listening for e in endpoints], [False, False])
         self.assertTrue(other.running)
+
+
+class ServerTests(SynchronousTestCase):
+    """
+    The server C{tap.makeService} builds can drain: through its admin API, on
+    its reactor, with the period of its options, which a reload changes.
+    """
+
+    def test_drainedServer(self) -> None:
+        """POST /drain stops the listener, closes the clients over the reloaded period, then stops."""
+        folder = self.mktemp()
+        os.makedirs(folder)
+        config = os.path.join(folder, "server.toml")
+        with open(config, "w") as f:
+            f.write("[server]\ndrain-period = 5\n")
+        server = Running(
+            self, "server", "--config", config, "--admin", "tcp:9528:interface=127.0.0.1"
+        )
+        [drain] = [s for s in server.service if isinstance(s, Drain)]
+        [listener] = [
+            s
+            for s in server.service
+            if isinstance(s, StreamServerEndpointService) and s.factory is server.factory
+        ]
+        [site] = [f for _, f, _, _ in server.reactor.tcpServers if isinstance(f, AdminSite)]
+        transports = [server.connect(40000 + n)[1] for n in range(4)]
+        with open(config, "w") as f:
+            f.write("[server]\ndrain-period = 1\n")
+        server.reloader.reload()
+        self.assertEqual(callSite(site, "POST", "/drain")[0], 202)
+        self.assertFalse(listener.running)
+        self.assertEqual(drain.drainPeriod, 1.0)
+        server.reactor.advance(0.95)
+        self.assertEqual([t.disconnecting for t in transports], [True] * 4)
+        self.assertFalse(server.reactor.hasStopped)
+        server.reactor.advance(0.1)
+        self.assertTrue(server.reactor.hasStopped)
 
 
 class RouteTests(DrainTestCase):
