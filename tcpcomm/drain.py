@@ -33,9 +33,9 @@ class Drain(Service):
     number (three clients over 3 s go at 0, 1 and 2 s); those that leave by
     themselves meanwhile are not made up for by closing others sooner. A
     batch the reactor was too busy to run on time closes what the missed
-    ones would have. At the end of the period it calls C{stop} (the reactor's), which
-    stops every service as SIGTERM does: what is still open is closed, and
-    aborted after C{--shutdown-timeout}.
+    ones would have. At the end of the period it calls C{stop} (the
+    reactor's), which stops every service as SIGTERM does: what is still
+    open is closed, and aborted after C{--shutdown-timeout}.
 
     @ivar period: Seconds to spread the closing over (C{--drain-period});
         a reload changes it for a drain not started yet.
@@ -61,6 +61,8 @@ class Drain(Service):
         self._stop = stop
         self._next: IDelayedCall | None = None
         self._closed: set[Session] = set()
+        self._batches = 1
+        self._tick = -1
         self._nextReport = 0.0
         #: When the drain started (the clock's seconds), or L{None}.
         self.started: float | None = None
@@ -70,8 +72,6 @@ class Drain(Service):
         self.clients = 0
         #: Clients the drain has closed so far.
         self.closed = 0
-        #: Whether the period is over and the server is stopping.
-        self.done = False
 
     @property
     def draining(self) -> bool:
@@ -100,14 +100,14 @@ class Drain(Service):
         self.started = self._clock.seconds()
         self.drainPeriod = self.period
         self.clients = len(self._registry)
+        for listener in self._listeners:
+            maybeDeferred(listener.stopService).addErrback(self._stopListeningFailed)
         log.info(
             "draining: stopped listening; closing {count} client(s) over {period} s, then stopping",
             event="draining",
             count=self.clients,
             period=self.drainPeriod,
         )
-        for listener in self._listeners:
-            maybeDeferred(listener.stopService).addErrback(self._stopListeningFailed)
         self._batches = max(1, round(self.drainPeriod / self.interval))
         self._tick = -1
         self._nextReport = self._batches / self.reports
@@ -157,7 +157,6 @@ class Drain(Service):
             session.close()
 
     def _finish(self, elapsed: float) -> None:
-        self.done = True
         log.info(
             "drained: closed {closed} client(s) in {elapsed:.1f} s; stopping",
             event="drained",

@@ -260,8 +260,15 @@ class AdminResource(Resource):
                     "Is the daemon up? Never needs a token.",
                     {
                         "200": jsonResponse("Up.", HEALTHZ_SCHEMA),
-                        "503": jsonResponse(
-                            "Draining (POST /drain): up, but send it no one new.", HEALTHZ_SCHEMA
+                        **(
+                            {}
+                            if drain is None
+                            else {
+                                "503": jsonResponse(
+                                    "Draining (POST /drain): up, but send it no one new.",
+                                    HEALTHZ_SCHEMA,
+                                )
+                            }
                         ),
                     },
                 ),
