@@ -63,6 +63,7 @@ class Limits:
     idleTimeout: float = 0.0
     messageTimeout: float = 0.0
     heartbeat: float = 0.0
+    heartbeatTimeout: float = 0.0
     keepalive: float = 0.0
     handshakeTimeout: float = 10.0
 
@@ -210,6 +211,11 @@ class FramedProtocol(Protocol):
             self.transport.write(data)
         if self.writePaused:
             self.overdue(len(data))
+        watchdog = self.watchdog
+        if watchdog is not None and watchdog.heartbeat:
+            # The next heartbeat is due --heartbeat seconds after this; the
+            # watchdog's timer reads it when it wakes, and is not moved.
+            watchdog.lastSent = self.factory.clock.seconds()
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -252,6 +258,7 @@ class FramedProtocol(Protocol):
             limits.idleTimeout,
             limits.messageTimeout,
             limits.heartbeat,
+            limits.heartbeatTimeout,
         )
         return watchdog
 
