@@ -194,6 +194,6 @@ class Watchdog:
 #: Why a peer is dropped for C{--heartbeat-timeout}, and what fixes it when
 #: the peer is alive but quiet: heartbeats from its side.
 HEARD_NOTHING = (
-    "heard nothing, heartbeats included, for {seconds} s (--heartbeat-timeout); "
+    "heard nothing, heartbeats included, for {seconds:g} s (--heartbeat-timeout); "
     "if it is alive, give the other side --heartbeat {heartbeat:g} too"
 )
