@@ -423,6 +423,7 @@ class Launch:
     maxConnections: int
     logPath: str  # the log file, for servers that write one
     profilePath: str | None  # where cProfile writes its statistics, when asked
+    extra: tuple[str, ...] = ()  # tcpcomm options the workload adds
 
 
 @dataclass
@@ -435,6 +436,7 @@ class ServerKind:
     name: str
     argv: Callable[[Launch], list[str]]
     keepsLog: bool = True
+    heartbeats: bool = True  # takes --heartbeat (tcpcomm does, the baselines do not)
 
 
 def tcpcommArgv(
@@ -471,6 +473,7 @@ def tcpcommArgv(
             "--max-connections",
             str(launch.maxConnections),
             *extra,
+            *launch.extra,
         ]
 
     return argv
@@ -517,8 +520,8 @@ def serverKinds(extra: list[str]) -> dict[str, ServerKind]:
         "tcpcomm-devnull": ServerKind(
             "tcpcomm-devnull", tcpcommArgv(TWISTD, logfile=False), keepsLog=False
         ),
-        "twisted": ServerKind("twisted", scriptArgv("twisted_server.py")),
-        "asyncio": ServerKind("asyncio", scriptArgv("asyncio_server.py")),
+        "twisted": ServerKind("twisted", scriptArgv("twisted_server.py"), heartbeats=False),
+        "asyncio": ServerKind("asyncio", scriptArgv("asyncio_server.py"), heartbeats=False),
     }
     if hasOption(TWISTD, "--no-message-log"):
         kinds["tcpcomm-nolog"] = ServerKind(
@@ -558,8 +561,10 @@ class Server:
         scratch: str,
         maxConnections: int,
         profiler: str | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.kind = kind
+        self.extra = extra
         self.handler = handler
         self.scratch = scratch
         self.maxConnections = maxConnections
@@ -583,7 +588,7 @@ class Server:
 
     def _launch(self) -> subprocess.Popen[bytes]:
         launch = Launch(
-            self.port, self.handler, self.maxConnections, self.logPath, self.profilePath
+            self.port, self.handler, self.maxConnections, self.logPath, self.profilePath, self.extra
         )
         out: IO[bytes]
         out = open(self.logPath + ".out", "ab") if self.kind.keepsLog else open(os.devnull, "wb")
@@ -811,14 +816,19 @@ class Context:
 
     @contextmanager
     def server(
-        self, kind: ServerKind, handler: str = "echo", maxConnections: int | None = None
+        self,
+        kind: ServerKind,
+        handler: str = "echo",
+        maxConnections: int | None = None,
+        extra: tuple[str, ...] = (),
     ) -> Iterator[Server]:
         """
         A fresh server for one run, allowed the 10,000-connection workloads'
-        connections unless told otherwise; stopped whatever happens.
+        connections unless told otherwise, with the C{extra} options a
+        workload adds; stopped whatever happens.
         """
         limit = maxConnections or self.settings.big + CONNECTION_MARGIN
-        server = Server(kind, handler, self.scratch, limit, self.profiler)
+        server = Server(kind, handler, self.scratch, limit, self.profiler, extra)
         try:
             yield server
         finally:
@@ -993,6 +1003,60 @@ def runIdle(kind: ServerKind, ctx: Context) -> dict[str, Any]:
     out["rss_before_kib"] = before
     out["rss_after_kib"] = after
     out["open_s"] = ready["open_s"]
+    return out
+
+
+#: The heartbeat row: idle connections to a server with --heartbeat, whose
+#: CPU is measured over two intervals (every connection sends and receives
+#: two heartbeats in it), after the connections settle; and its target.
+HEARTBEAT_CONNS = 10000
+HEARTBEAT_S = 30
+HEARTBEAT_WINDOW = 2 * HEARTBEAT_S
+HEARTBEAT_SETTLE = 2.0
+HEARTBEAT_TARGET_PCT = 1.0
+
+
+def runHeartbeat(kind: ServerKind, ctx: Context) -> dict[str, Any]:
+    """
+    C{HEARTBEAT_CONNS} idle connections (whatever --quick says) to a server
+    with --heartbeat 30, each answering every heartbeat with one, as a
+    client with the same --heartbeat would send its own, so that nobody
+    reaches --heartbeat-timeout: the server's CPU over C{HEARTBEAT_WINDOW}
+    seconds of that, as a share of one CPU.
+    """
+    if not kind.heartbeats:
+        return {"errors": 0, "unanswered": 0, "loadgen_cpu": 0.0, "skipped": "no --heartbeat"}
+    extra = ("--heartbeat", str(HEARTBEAT_S))
+    limit = HEARTBEAT_CONNS + CONNECTION_MARGIN
+    with ctx.server(kind, maxConnections=limit, extra=extra) as server:
+        warmUp(server.port)
+        gen = Loadgen(
+            ctx.loadgen,
+            "idle",
+            server.port,
+            conns=HEARTBEAT_CONNS,
+            heartbeats=1,
+            time_limit=HEARTBEAT_WINDOW + 180,
+        )
+        try:
+            ready = gen.event(120)
+            if ready.get("event") != "ready":
+                raise RuntimeError(f"heartbeat: not every connection opened: {ready}")
+            time.sleep(HEARTBEAT_SETTLE)
+            cpu0, t0 = cpuSeconds(server.pid), time.monotonic()
+            time.sleep(HEARTBEAT_WINDOW)
+            cpu, wall = cpuSeconds(server.pid) - cpu0, time.monotonic() - t0
+            gen.tell("close\n")
+            result = gen.event(30)
+        finally:
+            gen.finish()
+    beats = int(result["heartbeats"])
+    # Each heartbeat the load generator got, the server sent, and had back.
+    out = measured(result, server, cpu, wall, 2 * beats)
+    out["unanswered"] = HEARTBEAT_CONNS - int(result["still_open"])
+    out["idle_cpu_pct"] = round(100 * cpu / wall, 3)
+    out["heartbeats"] = beats
+    out["window_s"] = round(wall, 1)
     return out
 
 
@@ -1201,6 +1265,13 @@ def workloads() -> list[Workload]:
             big=True,
         ),
         Workload(
+            "heartbeat",
+            f"{HEARTBEAT_CONNS:,} idle connections, --heartbeat {HEARTBEAT_S}",
+            [("idle_cpu_pct", "server CPU while idle, of one CPU", "%")],
+            runHeartbeat,
+            big=True,
+        ),
+        Workload(
             "accept",
             "{big:,} connections accepted and answered once",
             [
@@ -1400,6 +1471,17 @@ def _targetsOf(report: dict[str, Any], name: str) -> list[dict[str, Any]]:
                 f"{(_median(report, 'flood', name, 'calm_p50_us') or 0) / 1000:,.2f} ms)",
                 "met": flooded < 10000,
                 "by": f"{(flooded - 10000) / 1000:+,.2f} ms",
+            }
+        )
+    idleCpu = _median(report, "heartbeat", name, "idle_cpu_pct")
+    if idleCpu is not None:
+        out.append(
+            {
+                "server": name,
+                "target": f"{titles['heartbeat']}: under {HEARTBEAT_TARGET_PCT:g}% of one CPU",
+                "value": f"{idleCpu:.2f}%",
+                "met": idleCpu < HEARTBEAT_TARGET_PCT,
+                "by": f"{idleCpu - HEARTBEAT_TARGET_PCT:+.2f}%",
             }
         )
     rss = _median(report, "idle", name, "rss_per_conn_b")
@@ -1734,6 +1816,8 @@ def main() -> int:
 
     holding = any(w.key == "hold" for w in selected)
     needed = max(settings.big + 200, args.hold + HOLD_RESERVE if holding else 0)
+    if any(w.key == "heartbeat" for w in selected):
+        needed = max(needed, HEARTBEAT_CONNS + 200)
     limit, why = raiseFileLimit(needed)
     if limit < settings.big + 100:
         settings.big = limit - 100
