@@ -28,7 +28,7 @@ from tcpcomm.interfaces import IConversation, IPeer, ISide, IStats
 from tcpcomm.logs import RateLimiter
 from tcpcomm.wire.address import PeerIds, addressText
 from tcpcomm.wire.eager import canWriteEagerly, writeEagerly
-from tcpcomm.wire.liveness import Watchdog, tcpSocket, tuneSocket
+from tcpcomm.wire.liveness import LivenessTimers, Watchdog, tcpSocket, tuneSocket
 from tcpcomm.wire.tls import subjectName
 
 # The namespace its lines had before the package had layers: operators filter on it.
@@ -253,7 +253,7 @@ class FramedProtocol(Protocol):
         factory = self.factory
         watchdog = self.watchdog = Watchdog(
             self,
-            factory.clock,
+            factory.timers,
             factory.stats,
             limits.idleTimeout,
             limits.messageTimeout,
@@ -561,6 +561,8 @@ class MessageFactory(Factory[FramedProtocol]):
         self.side = side
         self.clock: IReactorTime = side.clock
         self.stats: IStats = side.stats
+        #: The heartbeats and deadlines of every connection, on one timer.
+        self.timers = LivenessTimers(self.clock)
         self.ids = PeerIds()
         #: Warnings a storm of connections can repeat at will, at most one
         #: line per 10 s: refused connections, and connections whose
