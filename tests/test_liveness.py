@@ -22,8 +22,9 @@ from tcpcomm.client import ClientFactory, ClientStatus, RetryPolicy, makeClientS
 from tcpcomm.handlers import Echo
 from tcpcomm.options import Options
 from tcpcomm.tap import makeLimits
-from tcpcomm.wire.framing import LineFraming
-from tcpcomm.wire.protocol import Limits
+from tcpcomm.wire.framing import FRAMINGS, LineFraming
+from tcpcomm.wire.liveness import TICK
+from tcpcomm.wire.protocol import Limits, MessageFactory
 
 from .support import NOON, connect, makeHub
 
@@ -300,3 +301,77 @@ class HeartbeatOptionTests(SynchronousTestCase):
             f.write("[server]\nheartbeat = 10\nheartbeat-timeout = 10\n")
         error = self.assertRaises(UsageError, self.parse, "server", "--config", path)
         self.assertIn("[server] heartbeat-timeout = 10: --heartbeat-timeout 10 must", str(error))
+
+
+class LivenessTimersTests(SynchronousTestCase):
+    """
+    A side's connections share one reactor timer, which wakes at most once
+    a tick and is never early.
+    """
+
+    def connectMany(self, count: int, **limits: Any) -> tuple[list[Any], Clock, MessageFactory]:
+        clock = Clock()
+        clock.advance(NOON)
+        hub = makeHub(clock)
+        factory = MessageFactory(FRAMINGS["line"], hub, Limits(**limits))
+        connections = []
+        for port in range(1, count + 1):
+            protocol = factory.buildProtocol(None)
+            transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
+            protocol.makeConnection(transport)
+            connections.append((protocol, transport))
+            clock.advance(0.01)  # each due at its own time
+        return connections, clock, factory
+
+    def test_oneTimerPerSide(self) -> None:
+        """A hundred connections with heartbeats wait on a single reactor timer."""
+        connections, clock, _ = self.connectMany(100, heartbeat=3, heartbeatTimeout=9)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+
+    def test_oncePerTickNeverEarly(self) -> None:
+        """Heartbeats due every 0.01 s are sent in wakes at least a tick apart, each within a tick of being due, none early."""
+        connections, clock, _ = self.connectMany(100, heartbeat=3, heartbeatTimeout=9)
+        wakes: list[float] = []
+        sentAt: dict[int, float] = {}
+        timer = None
+        while len(sentAt) < len(connections):
+            clock.advance(0.001)
+            current = clock.getDelayedCalls()[0]
+            if current is not timer:
+                timer = current
+                wakes.append(clock.seconds())
+            for i, (_, transport) in enumerate(connections):
+                if i not in sentAt and transport.value() == b"\n":
+                    sentAt[i] = clock.seconds()
+        gaps = [b - a for a, b in zip(wakes, wakes[1:], strict=False)]
+        self.assertGreaterEqual(min(gaps), TICK - 1e-6)
+        for i in range(len(connections)):
+            due = NOON + 0.01 * i + 3
+            self.assertGreaterEqual(sentAt[i], due - 1e-6)
+            self.assertLess(sentAt[i], due + TICK + 0.002)
+
+    def test_failureIsolated(self) -> None:
+        """A connection whose heartbeat fails is logged, and the others' timers go on."""
+        connections, clock, _ = self.connectMany(3, heartbeat=3, heartbeatTimeout=9)
+        broken, _ = connections[0]
+
+        def fail(message: bytes) -> None:
+            raise RuntimeError("broken")
+
+        broken.sendMessage = fail
+        with capturedLogs() as events:
+            for _ in range(10):
+                clock.advance(0.5)
+        [failed] = [e for e in events if e.get("event") == "liveness-error"]
+        self.assertTrue(failed["log_failure"].check(RuntimeError))
+        self.flushLoggedErrors(RuntimeError)
+        for _, transport in connections[1:]:
+            self.assertEqual(transport.value(), b"\n")
+
+    def test_lastStopClears(self) -> None:
+        """Once every connection is gone, no timer and no entry is left."""
+        connections, clock, factory = self.connectMany(5, heartbeat=3, heartbeatTimeout=9)
+        for protocol, _ in connections:
+            protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(factory.timers.watching, 0)

@@ -150,7 +150,11 @@ class LivenessTimers:
         while heap and heap[0][0] <= now:
             when, _, watchdog = heapq.heappop(heap)
             if watchdog.due == when:
-                watchdog.wake(now)
+                try:
+                    watchdog.wake(now)
+                except Exception:
+                    # A bug in one connection must not stop the others' timers.
+                    log.failure("liveness check failed", event="liveness-error")
         self._schedule()
 
 
