@@ -207,7 +207,7 @@ class _CommonOptions(usage.Options):
             None,
             None,
             "With --heartbeat: disconnect a peer heard nothing from, heartbeats included, for "
-            "this many seconds (default: 3 x --heartbeat); more than --heartbeat.",
+            "this many seconds (default: 3 x --heartbeat); more than --heartbeat",
             _number("--heartbeat-timeout", float, 0),
         ],
         [
