@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
+import hashlib
 import html
 import json
 import math
@@ -343,15 +344,22 @@ def planHold(requested: int, openFiles: int, why: str) -> HoldPlan:
 
 def buildLoadgen(build: str) -> str:
     """
-    Compile bench/loadgen.c into C{build} (again only if the source changed).
+    Compile bench/loadgen.c into C{build}, once per version of the source:
+    the binary is named after the source's hash, so that checkouts sharing
+    the build folder (the default is the same for every worktree) never run
+    each other's load generator, as comparing modification times would.
     """
     source = os.path.join(HERE, "loadgen.c")
-    binary = os.path.join(build, "loadgen")
-    if not os.path.exists(binary) or os.path.getmtime(binary) < os.path.getmtime(source):
+    with open(source, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    binary = os.path.join(build, f"loadgen-{digest}")
+    if not os.path.exists(binary):
+        partial = f"{binary}.{os.getpid()}"
         subprocess.run(
-            ["gcc", "-O2", "-Wall", "-Wextra", "-o", binary, source, "-lm"],
+            ["gcc", "-O2", "-Wall", "-Wextra", "-o", partial, source, "-lm"],
             check=True,
         )
+        os.replace(partial, binary)  # whole, even if another run builds it too
     return binary
 
 
