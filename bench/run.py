@@ -392,6 +392,8 @@ class Loadgen:
             if ready:
                 chunk = os.read(stdout.fileno(), 65536)
                 if not chunk:
+                    # Its output ends a moment before it does: wait, for its error.
+                    self.process.wait(WAIT)
                     raise RuntimeError(f"loadgen exited: {self.stderr()}")
                 self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
