@@ -215,10 +215,19 @@ class _CommonOptions(usage.Options):
             "heartbeat",
             None,
             0.0,
-            "Send an empty message every this many seconds, and drop the connection when what "
-            "was sent stays unacknowledged that long (a peer gone without a word is noticed "
-            "within two intervals); 0 is off.",
+            "Send an empty message after this many seconds of sending nothing, drop a peer "
+            "heard nothing from for --heartbeat-timeout, and have the kernel drop the "
+            "connection when what was sent stays unacknowledged this long; 0 is off. Give "
+            "both sides --heartbeat.",
             _number("--heartbeat", float, 0),
+        ],
+        [
+            "heartbeat-timeout",
+            None,
+            None,
+            "With --heartbeat: disconnect a peer heard nothing from, heartbeats included, for "
+            "this many seconds (default: 3 x --heartbeat); more than --heartbeat",
+            _number("--heartbeat-timeout", float, 0),
         ],
         [
             "keepalive",
@@ -328,6 +337,7 @@ class _CommonOptions(usage.Options):
                 f"--heartbeat {self['heartbeat']} needs a framing with empty messages; "
                 "--framing raw has none"
             )
+        self._checkHeartbeat()
         encoding = self["encoding"]
         if self["framing"] == "line" and "\n".encode(encoding) != b"\n":
             raise usage.UsageError(
@@ -350,6 +360,28 @@ class _CommonOptions(usage.Options):
 
     def templateOptions(self) -> list[str]:
         return ["reply", "error-reply"]
+
+    def _checkHeartbeat(self) -> None:
+        """
+        Settle C{--heartbeat-timeout}: 3 heartbeat intervals unless given, 0
+        without heartbeats; refuse one that a peer sending heartbeats as
+        often would still trip.
+        """
+        heartbeat, timeout = self["heartbeat"], self["heartbeat-timeout"]
+        if heartbeat == 0:
+            if timeout is not None:
+                raise usage.UsageError(
+                    f"--heartbeat-timeout {timeout:g} needs --heartbeat (without heartbeats, "
+                    "--idle-timeout drops silent peers)"
+                )
+            self["heartbeat-timeout"] = 0.0
+        elif timeout is None:
+            self["heartbeat-timeout"] = 3 * heartbeat
+        elif timeout <= heartbeat:
+            raise usage.UsageError(
+                f"--heartbeat-timeout {timeout:g} must be more than --heartbeat {heartbeat:g}: "
+                "a peer that sends a heartbeat every interval would be dropped"
+            )
 
     def _checkAdmin(self) -> None:
         """

@@ -93,6 +93,7 @@ def makeLimits(options: Mapping[str, Any], client: bool) -> Limits:
         idleTimeout=options["idle-timeout"],
         messageTimeout=options["message-timeout"],
         heartbeat=options["heartbeat"],
+        heartbeatTimeout=options["heartbeat-timeout"],
         keepalive=options["keepalive"],
         handshakeTimeout=options["handshake-timeout"],
     )
