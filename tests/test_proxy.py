@@ -40,9 +40,7 @@ def v1(source: str = "203.0.113.7", port: int = 4242, family: str = "TCP4") -> b
     return f"PROXY {family} {source} {destination} {port} 9527\r\n".encode()
 
 
-def v2(
-    source: str = "203.0.113.7", port: int = 4242, command: int = 1, tlvs: bytes = b""
-) -> bytes:
+def v2(source: str = "203.0.113.7", port: int = 4242, command: int = 1, tlvs: bytes = b"") -> bytes:
     """
     A PROXY v2 header (TCP over IPv4, or IPv6 when C{source} has a colon).
     """
@@ -233,7 +231,7 @@ class ProxyHeaderTests(SynchronousTestCase):
         for conn in (first, c):
             self.assertTrue(conn.transport.disconnected)
             self.assertEqual(len(conn.hub.registry), 0)
-        calls = [d.func for d in clock.getDelayedCalls()]
+        calls = [getattr(d, "func", None) for d in clock.getDelayedCalls()]
         self.assertEqual([f for f in calls if getattr(f, "__name__", "") == "_timedOut"], [])
         refused = [e for e in events if e.get("event") == "proxy-refused"]
         self.assertEqual(len(refused), 1)
@@ -332,7 +330,7 @@ class ProxyOptionsTests(SynchronousTestCase):
         endpoint.listen(MessageFactory(FRAMINGS["line"], makeHub(Clock()), Limits()))
         self.assertEqual(reactor.sslServers, [])
         factory = reactor.tcpServers[0][1]
-        self.assertIsInstance(factory, ProxyHeaderFactory)
+        assert isinstance(factory, ProxyHeaderFactory)
         self.assertIsInstance(factory.wrappedFactory, TLSMemoryBIOFactory)
         self.assertIn("TLS", description)
 

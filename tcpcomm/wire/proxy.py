@@ -287,6 +287,11 @@ class ProxyHeaderFactory(Factory[ProxyHeaderProtocol]):
             "handshake-timeout", "connections whose PROXY header did not arrive in time", clock
         )
 
+    def buildProtocol(self, addr: IAddress | None) -> ProxyHeaderProtocol:
+        protocol = ProxyHeaderProtocol()
+        protocol.factory = self
+        return protocol
+
     def doStart(self) -> None:
         self.wrappedFactory.doStart()
         super().doStart()
