@@ -329,13 +329,19 @@ def serverEndpoints(
     proxy = options["proxy-protocol"]
 
     def behindProxy(endpoint: IStreamServerEndpoint, context: Any = None) -> ProxyHeaderEndpoint:
-        fixed = options["handshake-timeout"]
+        if factory is None:
+            fixed = options["handshake-timeout"]
+            return ProxyHeaderEndpoint(endpoint, reactor, lambda: fixed, tls=context)
         return ProxyHeaderEndpoint(
             endpoint,
             reactor,
-            (lambda: factory.limits.handshakeTimeout) if factory is not None else (lambda: fixed),
-            factory.stats if factory is not None else None,
+            lambda: factory.limits.handshakeTimeout,
+            factory.stats,
             tls=context,
+            occupancy=lambda: (
+                factory.side.connectionCount() + len(factory.waiting),
+                factory.connectionLimit,
+            ),
         )
 
     if options["tls"] is not None:

@@ -278,6 +278,48 @@ class ProxyHeaderTests(SynchronousTestCase):
         self.assertEqual(c.clock.getDelayedCalls(), [])
         self.assertEqual(len(c.hub.registry), 0)
 
+    def test_waitingMakeRoom(self) -> None:
+        """
+        When the server is full, a new connection takes the place of the oldest one still waiting for its header.
+        """
+        c = Connection()
+        c.factory.setLimits(Limits(maxConnections=2))
+        c.proxyFactory.occupancy = lambda: (
+            c.factory.side.connectionCount() + len(c.factory.waiting),
+            c.factory.connectionLimit,
+        )
+        c.send(v1() + b"hi\n")  # one client
+        transports = []
+        with capturedLogs() as events:
+            for _ in range(3):
+                protocol = c.proxyFactory.buildProtocol(HAPROXY)
+                transport = StringTransport(peerAddress=HAPROXY)
+                protocol.makeConnection(transport)
+                transports.append(transport)
+        self.assertEqual([t.disconnected for t in transports], [True, True, False])
+        self.assertEqual(c.factory.stats.handshakeEvictions, 2)
+        [line] = [e for e in events if e.get("event") == "handshake-evicted"]
+        self.assertEqual(line["waitingFor"], "the PROXY header")
+        self.assertEqual(len(c.proxyFactory.waiting), 1)
+        self.assertIn("203.0.113.7:4242", c.hub.registry)
+
+    def test_waitingForgotten(self) -> None:
+        """
+        A connection leaves the factory's waiting list however its header ends: read, refused, timed out or lost.
+        """
+        ends = {
+            "read": lambda c: c.send(v1()),
+            "local": lambda c: c.send(V2_LOCAL),
+            "refused": lambda c: c.send(b"nope\n"),
+            "timed out": lambda c: c.clock.advance(10),
+            "lost": lambda c: c.transport.protocol.connectionLost(),
+        }
+        for what, end in ends.items():
+            c = Connection()
+            self.assertEqual(len(c.proxyFactory.waiting), 1, what)
+            end(c)
+            self.assertEqual(len(c.proxyFactory.waiting), 0, what)
+
 
 class ProxyOptionsTests(SynchronousTestCase):
     """

@@ -180,9 +180,7 @@ class ProxyHeaderProtocol(Protocol):
             self._refuse(str(e))
             return
         if header is not None:
-            self._stopDeadline()
-            self._done = True
-            self._buffer = bytearray()
+            self._finish()
             self._handOn(header)
 
     def _handOn(self, header: Header) -> None:
@@ -212,10 +210,25 @@ class ProxyHeaderProtocol(Protocol):
         if header.rest and not getattr(transport, "disconnecting", False):
             inner.dataReceived(header.rest)
 
-    def _refuse(self, why: str) -> None:
+    def _finish(self) -> None:
+        """
+        Reading the header is over, whichever way it ended.
+        """
         self._stopDeadline()
         self._done = True
         self._buffer = bytearray()
+        self.factory.waiting.pop(self, None)
+
+    def evict(self) -> None:
+        """
+        Drop this connection, still without its header, to make room.
+        """
+        self._finish()
+        assert self.transport is not None
+        self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _refuse(self, why: str) -> None:
+        self._finish()
         transport = self.transport
         assert transport is not None
         factory = self.factory
@@ -230,7 +243,7 @@ class ProxyHeaderProtocol(Protocol):
 
     def _timedOut(self, timeout: float) -> None:
         self._deadline = None
-        self._done = True
+        self._finish()
         transport = self.transport
         assert transport is not None
         factory = self.factory
@@ -253,9 +266,15 @@ class ProxyHeaderProtocol(Protocol):
         self._deadline = None
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._stopDeadline()
+        self._finish()
         if self.inner is not None:
             self.inner.connectionLost(reason)
+
+
+#: What a listener holds and allows: the connections that count against
+#: C{--max-connections} (clients, and those in their TLS handshake), and that
+#: limit (L{None}: none).
+Occupancy = Callable[[], tuple[int, "int | None"]]
 
 
 class ProxyHeaderFactory(Factory[ProxyHeaderProtocol]):
@@ -263,6 +282,12 @@ class ProxyHeaderFactory(Factory[ProxyHeaderProtocol]):
     Wraps a listener's factory: each connection reads its PROXY header within
     C{timeout()} seconds (0: no limit; read at each connection, so a reload
     of C{--handshake-timeout} counts) before C{wrappedFactory} sees it.
+
+    A connection still without its header holds a file descriptor, as one in
+    its TLS handshake does, and is treated the same: with C{occupancy}, when
+    the server is full a new connection takes the place of the oldest one
+    still waiting for its header, so that peers that connect and say nothing
+    cannot use up the descriptors clients need.
     """
 
     protocol = ProxyHeaderProtocol
@@ -274,11 +299,15 @@ class ProxyHeaderFactory(Factory[ProxyHeaderProtocol]):
         clock: IReactorTime,
         timeout: Callable[[], float],
         stats: IStats | None = None,
+        occupancy: Occupancy | None = None,
     ) -> None:
         self.wrappedFactory = wrappedFactory
         self.clock = clock
         self.timeout = timeout
         self.stats = stats
+        self.occupancy = occupancy
+        #: Connections still reading their header, oldest first.
+        self.waiting: dict[ProxyHeaderProtocol, None] = {}
         #: At most one line per 10 s for each kind a storm can repeat.
         self.refusedLines = RateLimiter(
             "proxy-refused", "connections without a valid PROXY header", clock
@@ -288,9 +317,31 @@ class ProxyHeaderFactory(Factory[ProxyHeaderProtocol]):
         )
 
     def buildProtocol(self, addr: IAddress | None) -> ProxyHeaderProtocol:
+        if self.waiting and self.occupancy is not None:
+            held, limit = self.occupancy()
+            if limit is not None and held + len(self.waiting) >= limit:
+                self._evictOldest(limit)
         protocol = ProxyHeaderProtocol()
         protocol.factory = self
+        self.waiting[protocol] = None
         return protocol
+
+    def _evictOldest(self, limit: int) -> None:
+        oldest = next(iter(self.waiting))
+        transport = oldest.transport
+        oldest.evict()
+        if self.stats is not None:
+            self.stats.handshakeEvictions += 1
+        if transport is None or not self.handshakeLines.allow():
+            return
+        log.warn(
+            "disconnecting {peer} to make room: --max-connections {limit} reached, and it "
+            "is the oldest connection still waiting for {waitingFor}",
+            event="handshake-evicted",
+            peer=addressText(transport.getPeer()),
+            limit=limit,
+            waitingFor="the PROXY header",
+        )
 
     def doStart(self) -> None:
         self.wrappedFactory.doStart()
@@ -321,17 +372,19 @@ class ProxyHeaderEndpoint:
         timeout: Callable[[], float],
         stats: IStats | None = None,
         tls: Any = None,
+        occupancy: Occupancy | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._clock = clock
         self._timeout = timeout
         self._stats = stats
         self._tls = tls
+        self._occupancy = occupancy
 
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
         wrapped = factory
         if self._tls is not None:
             wrapped = TLSMemoryBIOFactory(self._tls, False, factory)
         return self._endpoint.listen(
-            ProxyHeaderFactory(wrapped, self._clock, self._timeout, self._stats)
+            ProxyHeaderFactory(wrapped, self._clock, self._timeout, self._stats, self._occupancy)
         )
