@@ -569,6 +569,12 @@ class ServerOptions(_CommonOptions):
             raise usage.UsageError(
                 "--client-id hello needs a framing that delimits the hello; --framing raw has none"
             )
+        if path is None and self["proxy-protocol"]:
+            raise usage.UsageError(
+                "--client-id hello without --client-tokens lets anyone claim any name, and "
+                "--proxy-protocol serves whoever the proxy in front lets in, from anywhere; "
+                "require tokens with --client-tokens"
+            )
         if path is None and not _reachableOnlyLocally("--listen", self.listenDescriptions()):
             raise usage.UsageError(
                 "--client-id hello without --client-tokens lets anyone claim any name, and the "

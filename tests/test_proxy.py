@@ -389,3 +389,16 @@ class ProxyOptionsTests(SynchronousTestCase):
             self.parse("--proxy-protocol", "--listen", description)
         self.assertIn("--proxy-protocol", str(e.exception))
         self.assertIn(repr(description), str(e.exception))
+
+    def test_helloNeedsTokens(self) -> None:
+        """
+        --client-id hello behind --proxy-protocol needs --client-tokens even on loopback: the proxy lets in anyone.
+        """
+        with self.assertRaises(UsageError) as e:
+            self.parse("--proxy-protocol", "-i", "127.0.0.1", "--client-id", "hello")
+        self.assertIn("--client-tokens", str(e.exception))
+        self.assertIn("--proxy-protocol", str(e.exception))
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("agent-7 secret\n")
+        self.parse("--proxy-protocol", "--client-id", "hello", "--client-tokens", path)
