@@ -7,14 +7,20 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Generator
+from typing import Any, cast
 
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.usage import UsageError
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tcpcomm.handlers import Echo
 from tcpcomm.options import Options
@@ -30,6 +36,7 @@ from tcpcomm.wire.proxy import (
 )
 
 from .support import NOON, hubOf, makeHub
+from .test_loopback import until
 
 HAPROXY = IPv4Address("TCP", "10.0.0.2", 51000)
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -319,6 +326,53 @@ class ProxyHeaderTests(SynchronousTestCase):
             self.assertEqual(len(c.proxyFactory.waiting), 1, what)
             end(c)
             self.assertEqual(len(c.proxyFactory.waiting), 0, what)
+
+
+class Speaker(Protocol):
+    """
+    A raw peer that keeps what it is sent.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+
+class ProxyHeaderLoopbackTests(TestCase):
+    """
+    Behind C{--proxy-protocol} on a real socket in this process's reactor.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_sessionOwnsTheSocket(self) -> Generator[Deferred[Any], Any, None]:
+        """After the header the reactor's connection reads straight into the session's protocol, which writes straight to the socket."""
+        factory = MessageFactory(
+            FRAMINGS["line"], makeHub(cast(Clock, reactor), delay=0, handler=Echo), Limits()
+        )
+        endpoint = ProxyHeaderEndpoint(
+            TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), reactor, lambda: 10.0
+        )
+        port = yield endpoint.listen(factory)
+        self.addCleanup(port.stopListening)
+        speaker = Speaker()
+        yield connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), speaker
+        )
+        assert speaker.transport is not None
+        self.addCleanup(speaker.transport.loseConnection)
+        speaker.transport.write(v2("192.0.2.44", 4000) + b"hi\n")
+        yield until(lambda: speaker.received == b"hi\n")
+        session = hubOf(factory).registry.get("192.0.2.44:4000")
+        assert session is not None
+        peer = session.peer
+        assert isinstance(peer, FramedProtocol)
+        self.assertIs(peer.transport.protocol, peer)  # type: ignore[attr-defined]
+        self.assertTrue(peer.eager)
+        self.assertEqual(peer.address, "192.0.2.44:4000")
 
 
 class ProxyOptionsTests(SynchronousTestCase):
