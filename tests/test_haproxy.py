@@ -153,6 +153,19 @@ class HAProxyFleetTests(SynchronousTestCase):
         server.waitFor(r"message from agent-7: hi")
         assertCleanLog(self, server.output())
 
+    def test_sendProxyV1(self) -> None:
+        """HAProxy's text header (send-proxy, v1) names the client as well as v2 does."""
+        ports = Ports(nodes=1)
+        [(port, admin)] = ports.node
+        server = node(self, port, admin)
+        front = HAProxy(self, ports, sendProxy="send-proxy")
+        front.waitForStates({"node1": "UP"})
+        sock = dialFront(self, ports)
+        sock.sendall(b"hi\n")
+        self.assertTrue(readLine(sock).startswith(b"response from server"))
+        self.assertEqual(peersOf(admin), {address(sock): address(sock)})
+        assertCleanLog(self, server.output())
+
 
 class ProxyProtocolDirectTests(SynchronousTestCase):
     """
