@@ -133,6 +133,8 @@ class ParseHeaderTests(SynchronousTestCase):
             V2_SIGNATURE + b"\x21\x11\x00\x02" + b"\x00" * 2,
         ):
             self.assertRaises(BadHeader, parseHeader, data)
+        e = self.assertRaises(BadHeader, parseHeader, b"PROXY TCP5 1 2 3 4\r\n")
+        self.assertEqual(str(e), "a PROXY header with an unknown protocol or address family")
 
 
 class ProxyHeaderTests(SynchronousTestCase):

@@ -38,7 +38,11 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
+from twisted.protocols.haproxy._exceptions import (
+    InvalidNetworkProtocol,
+    InvalidProxyHeader,
+    MissingAddressData,
+)
 from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -110,9 +114,12 @@ def parseHeader(data: bytes | bytearray) -> Header | None:
             return _parseV2(data)
         if data.startswith(_V1_SIGNATURE):
             return _parseV1(data)
-    except (InvalidProxyHeader, ValueError, KeyError) as e:
-        kind = type(e).__name__ if isinstance(e, InvalidProxyHeader) else "InvalidProxyHeader"
-        raise BadHeader(f"not a valid PROXY header ({kind})") from None
+    except InvalidNetworkProtocol:
+        raise BadHeader("a PROXY header with an unknown protocol or address family") from None
+    except MissingAddressData:
+        raise BadHeader("a PROXY header without all its addresses and ports") from None
+    except (InvalidProxyHeader, ValueError, KeyError):
+        raise BadHeader("not a valid PROXY header") from None
     raise BadHeader("not a PROXY header")
 
 
