@@ -421,6 +421,14 @@ class ServerOptions(_CommonOptions):
     )
     side = "server"
     repeatable = ("listen",)
+    optFlags = [
+        [
+            "proxy-protocol",
+            None,
+            "Expect a PROXY header (v1 or v2, as HAProxy's send-proxy-v2 sends) first on every "
+            "connection, on every listener, and know each client by the address it names.",
+        ],
+    ]
     optParameters = [
         [
             "port",
@@ -550,6 +558,23 @@ class ServerOptions(_CommonOptions):
         self._checkQueueDir()
         self._checkTLS()
         self._checkIdentity()
+        self._checkProxyProtocol()
+
+    def _checkProxyProtocol(self) -> None:
+        """
+        Refuse listeners whose TLS would come before the PROXY header:
+        HAProxy in TCP passthrough sends the header in clear, then the
+        client's TLS, which only C{--tls-cert} handles in that order.
+        """
+        if not self["proxy-protocol"]:
+            return
+        for description in self["listen"]:
+            if description.startswith(("ssl:", "tls:")):
+                raise usage.UsageError(
+                    f"--proxy-protocol cannot read the PROXY header before the TLS of --listen "
+                    f"{description!r}: HAProxy sends it in clear first; use --tls-cert (with "
+                    "--port) for TLS behind HAProxy"
+                )
 
     def _checkIdentity(self) -> None:
         """
@@ -575,6 +600,12 @@ class ServerOptions(_CommonOptions):
         if self["framing"] == "raw":
             raise usage.UsageError(
                 "--client-id hello needs a framing that delimits the hello; --framing raw has none"
+            )
+        if path is None and self["proxy-protocol"]:
+            raise usage.UsageError(
+                "--client-id hello without --client-tokens lets anyone claim any name, and "
+                "--proxy-protocol serves whoever the proxy in front lets in, from anywhere; "
+                "require tokens with --client-tokens"
             )
         if path is None and not _reachableOnlyLocally("--listen", self.listenDescriptions()):
             raise usage.UsageError(
