@@ -16,6 +16,7 @@ from twisted.application.service import MultiService
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     SSL4ServerEndpoint,
+    TCP4ServerEndpoint,
     clientFromString,
     serverFromString,
     wrapClientTLS,
@@ -44,6 +45,7 @@ from tcpcomm.server import listeningService, makeServerService
 from tcpcomm.templates import Texts
 from tcpcomm.wire.framing import FRAMINGS
 from tcpcomm.wire.protocol import Limits, MessageFactory
+from tcpcomm.wire.proxy import ProxyHeaderEndpoint
 
 __all__ = ["Options", "makeService"]
 
@@ -94,6 +96,7 @@ def makeLimits(options: Mapping[str, Any], client: bool) -> Limits:
         idleTimeout=options["idle-timeout"],
         messageTimeout=options["message-timeout"],
         heartbeat=options["heartbeat"],
+        heartbeatTimeout=options["heartbeat-timeout"],
         keepalive=options["keepalive"],
         handshakeTimeout=options["handshake-timeout"],
     )
@@ -194,7 +197,7 @@ def makeServer(
         if d.startswith("ssl:")
     ]
     top = makeServerService(
-        serverEndpoints(options, reactor, tls),
+        serverEndpoints(options, reactor, tls, factory),
         factory,
         hub.registry,
         reactor,
@@ -322,18 +325,49 @@ def addAdmin(
 
 
 def serverEndpoints(
-    options: ServerOptions, reactor: Any, tls: ReloadableServerTLS | None = None
+    options: ServerOptions,
+    reactor: Any,
+    tls: ReloadableServerTLS | None = None,
+    factory: MessageFactory | None = None,
 ) -> list[tuple[IStreamServerEndpoint, str]]:
     """
     Each endpoint the server listens on, with the description to log it by;
     C{tls} holds the TLS settings of C{--tls-cert}, which a reload replaces.
+    With C{--proxy-protocol} every one reads the PROXY header first, within
+    the C{--handshake-timeout} of C{factory}'s current limits.
     """
+    proxy = options["proxy-protocol"]
+
+    def behindProxy(endpoint: IStreamServerEndpoint, context: Any = None) -> ProxyHeaderEndpoint:
+        if factory is None:
+            fixed = options["handshake-timeout"]
+            return ProxyHeaderEndpoint(endpoint, reactor, lambda: fixed, tls=context)
+        return ProxyHeaderEndpoint(
+            endpoint,
+            reactor,
+            lambda: factory.limits.handshakeTimeout,
+            factory.stats,
+            tls=context,
+            occupancy=lambda: (
+                factory.side.connectionCount() + len(factory.waiting),
+                factory.connectionLimit,
+            ),
+        )
+
     if options["tls"] is not None:
         port, backlog, interface = options["port"], options["backlog"], options["interface"]
         context = tls if tls is not None else options["tls"]
-        endpoint = SSL4ServerEndpoint(reactor, port, context, backlog, interface)
         mutual = " with client certificates" if options["tls-client-ca"] else ""
+        if proxy:
+            tcp = TCP4ServerEndpoint(reactor, port, backlog, interface)
+            return [(behindProxy(tcp, context), f"TLS{mutual} on port {port}, PROXY header first")]
+        endpoint = SSL4ServerEndpoint(reactor, port, context, backlog, interface)
         return [(endpoint, f"TLS{mutual} on port {port}")]
+    if proxy:
+        return [
+            (behindProxy(serverFromString(reactor, d)), f"{d}, PROXY header first")
+            for d in options.listenDescriptions()
+        ]
     return [(serverFromString(reactor, d), d) for d in options.listenDescriptions()]
 
 

@@ -103,7 +103,7 @@ class HubCollector(Collector):
             ),
             (
                 "tcpcomm_timeout_disconnects",
-                "Peers disconnected by --idle-timeout or --message-timeout.",
+                "Peers disconnected by --heartbeat-timeout, --idle-timeout or --message-timeout.",
                 stats.timeouts,
             ),
             (
