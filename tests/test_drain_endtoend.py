@@ -2,14 +2,18 @@
 Draining a real C{twistd} server with C{tcpcomm drain}: it refuses new
 connections at once, says so on C{/healthz}, closes its tcpcomm clients
 (which retry) spread over C{--drain-period}, and exits; behind a real
-HAProxy running the sample config, its clients end up on the other node.
+HAProxy running the sample config, its clients end up on the other node, and
+a rolling restart of three nodes keeps every client away for no longer than
+its retry delay.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -206,3 +210,89 @@ class HAProxyDrainTests(SynchronousTestCase):
             assertCleanLog(self, server.output())
         for client in clients:
             assertCleanLog(self, client.output())
+
+
+def connections(log: str) -> list[tuple[str, float]]:
+    """
+    The C{connected} and C{lost} events in a tcpcomm client's JSON log, in
+    order, each with its time in seconds since the epoch.
+    """
+    events = []
+    for line in log.splitlines():
+        if not line.startswith("{"):
+            continue
+        record = json.loads(line)
+        if record.get("event") in ("connected", "lost"):
+            when = datetime.fromisoformat(record["time"]).timestamp()
+            events.append((record["event"], when))
+    return events
+
+
+class RollingRestartTests(SynchronousTestCase):
+    """
+    Three nodes behind HAProxy running the sample config, restarted one
+    after the other the way the README's rolling restart does it.
+    """
+
+    clients = 6
+    period = 3.0
+    #: The clients' --retry-max, the longest they wait before trying again.
+    retry = 1.0
+
+    def test_noClientLongGone(self) -> None:
+        """Drain, wait for the exit, start again, wait until HAProxy has it back, for each of three
+        nodes: every client is back through HAProxy each time within its retry delay (plus a
+        second for the new connection on a loaded machine), and all are connected at the end."""
+        ports = Ports(nodes=3)
+        drain = ("--drain-period", f"{self.period:g}")
+        nodes = [node(self, port, admin, *drain) for port, admin in ports.node]
+        front = HAProxy(self, ports)
+        states = {f"node{i + 1}": "UP" for i in range(3)}
+        front.waitForStates(states)
+        clients = [
+            Twistd(
+                self,
+                "--logfile",
+                "-",
+                "tcpcomm",
+                "client",
+                "--port",
+                str(ports.front),
+                "--log-format",
+                "json",
+                "--reply-delay",
+                "1",
+                "--retry-initial",
+                "0.5",
+                "--retry-max",
+                f"{self.retry:g}",
+            )
+            for _ in range(self.clients)
+        ]
+
+        def connectedCount() -> int:
+            return sum(len(getJSON(admin, "/clients")) for _, admin in ports.node)
+
+        waitUntil("every client connected", lambda: connectedCount() == self.clients, 4 * WAIT)
+        for i, (port, admin) in enumerate(ports.node):
+            result = tcpcomm(self, "--admin", f"http://127.0.0.1:{admin}", "drain")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            nodes[i].process.wait(self.period + 2 * WAIT)
+            self.assertEqual(nodes[i].process.returncode, 0, nodes[i].output())
+            nodes[i] = node(self, port, admin, *drain)
+            front.waitForStates(states)
+        waitUntil("every client connected", lambda: connectedCount() == self.clients, 2 * WAIT)
+
+        for client in clients:
+            events = connections(client.output())
+            self.assertEqual(events[0][0], "connected", events)
+            gaps = [
+                back - gone
+                for (kind, gone), (nextKind, back) in zip(events, events[1:], strict=False)
+                if kind == "lost" and nextKind == "connected"
+            ]
+            self.assertTrue(gaps, f"a client was never moved: {events}")
+            self.assertLess(max(gaps), self.retry + 1.0, events)
+            self.assertEqual(events[-1][0], "connected", events)
+        for server in nodes:
+            assertCleanLog(self, server.output())
