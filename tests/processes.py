@@ -267,3 +267,89 @@ def assertCleanLog(case: SynchronousTestCase, text: str) -> None:
     """
     for bad in ("Traceback", "Unhandled error", "Unhandled Error"):
         case.assertNotIn(bad, text)
+
+
+class RedisServer:
+    """
+    A C{redis-server} of the test's own on a free loopback port, its
+    configuration and data in a scratch folder, without persistence;
+    stopped by its pid after the test (woken first if paused).
+    """
+
+    def __init__(self, case: SynchronousTestCase) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SkipTest("redis-server is not installed (apt-get install redis-server)")
+        self.binary = binary
+        self.folder = scratch(case)
+        self.port = freePort()
+        self.config = os.path.join(self.folder, "redis.conf")
+        with open(self.config, "w") as f:
+            f.write(
+                f"port {self.port}\nbind 127.0.0.1\ndir {self.folder}\n"
+                'save ""\nappendonly no\ndaemonize no\n'
+            )
+        self.process: subprocess.Popen[bytes] | None = None
+        self.paused = False
+        self.start()
+        case.addCleanup(self.stop)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """
+        Start it (again, on the same port) and wait until it takes commands.
+        """
+        log = open(os.path.join(self.folder, f"redis-{time.monotonic_ns()}.log"), "wb")
+        self.process = subprocess.Popen(
+            [self.binary, self.config],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"redis-server exited ({self.process.returncode})")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(100).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"redis-server not answering on {self.port} within {WAIT} s")
+
+    def pause(self) -> None:
+        """
+        SIGSTOP it: connections stay open, nothing is answered.
+        """
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+        self.paused = False
+
+    def stop(self) -> None:
+        """
+        Stop it by its pid, and wait (bounded); kill it if it lingers.
+        """
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        if self.paused:
+            os.kill(process.pid, signal.SIGCONT)
+            self.paused = False
+        process.terminate()
+        try:
+            process.wait(WAIT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(WAIT)
