@@ -80,7 +80,7 @@ class Client:
     def __init__(self, case: SynchronousTestCase, node: Node, name: str | None = None) -> None:
         self.sock = socket.create_connection(("127.0.0.1", node.port), timeout=WAIT)
         case.addCleanup(self.sock.close)
-        self.address = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
         self.buffer = b""
         if name is not None:
             self.sock.sendall(b"hello " + name.encode() + b"\n")
