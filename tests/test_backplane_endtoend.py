@@ -10,6 +10,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
@@ -142,7 +143,7 @@ class FleetTests(SynchronousTestCase):
             name = f"agent-{i}"
             self.clients[name] = (node, Client(self, node, name))
         for node in self.nodes:
-            waitUntil(lambda node=node: len(node.clients()) == 9, f"node {node.name} sees 9")
+            waitUntil(partial(lambda n: len(n.clients()) == 9, node), f"node {node.name} sees 9")
 
     def test_fleetView(self) -> None:
         """Every node lists every client of the fleet, with the node that holds it and its real address; ?local=1 lists its own only."""
@@ -193,7 +194,9 @@ class FleetTests(SynchronousTestCase):
         a.server.waitFor(r"replaced agent-0 .*replaced by 127\.0\.0\.1:\d+ on node b")
         for node in self.nodes:
             waitUntil(
-                lambda node=node: node.clients().get("agent-0", {}).get("peer") == again.address,
+                partial(
+                    lambda n: n.clients().get("agent-0", {}).get("peer") == again.address, node
+                ),
                 f"node {node.name} shows agent-0 on b",
             )
         self.assertEqual(

@@ -631,7 +631,9 @@ def _local(request: Request) -> bool:
     given = (request.args or {}).get(b"local")
     if not given:
         return False
-    return given[-1] not in (b"", b"0", b"false")
+    if given[-1] not in (b"0", b"1"):
+        raise APIError(400, f"local must be 0 or 1, not {given[-1].decode('utf-8', 'replace')!r}")
+    return given[-1] == b"1"
 
 
 def _unavailable(failure: Failure) -> None:
@@ -705,8 +707,9 @@ def serverRoutes(
         return fleet.locate(clientId, node)
 
     def listClients(request: Request, params: list[str]) -> Any:
+        onlyHere = _local(request)
         here = [describeHere(s) for s in hub.sessions()]
-        if fleet is None or _local(request):
+        if fleet is None or onlyHere:
             return 200, here
         node = fleet.node
 
@@ -907,6 +910,7 @@ def serverRoutes(
                         **jsonResponse("The clients.", {"type": "array", "items": ref("Client")}),
                         "links": clientsLinks,
                     },
+                    "400": error("A local that is neither 0 nor 1."),
                     "503": error("With --backplane: Redis could not say (?local=1 still can)."),
                 },
                 schemas=clientSchema,
