@@ -6,6 +6,9 @@ over loopback, and Redis stopped, paused and restarted under them.
 
 from __future__ import annotations
 
+import json
+import shlex
+import shutil
 import signal
 import socket
 import time
@@ -14,10 +17,11 @@ from functools import partial
 from typing import Any
 from urllib.parse import quote
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from .processes import WAIT, RedisServer, assertCleanLog, freePort, localServer
+from .processes import WAIT, RedisServer, Twistd, assertCleanLog, freePort, localServer, scratch
 from .test_admin import call
+from .test_readme import recipe, shell
 
 #: The TTL the fleet tests give their nodes: short, so a dead node's
 #: clients go quickly; generous bounds around it below.
@@ -307,3 +311,46 @@ class AddressIdTests(SynchronousTestCase):
         self.assertEqual(client.lines(1, numbered), [b"n-1"])
         self.assertEqual(send(a, client.address, "n-2")[0], 404)  # not a's own
         self.assertEqual(b.clients(local=True)[shown]["peer"], client.address)
+
+
+class FleetRecipeTests(SynchronousTestCase):
+    """
+    The README's fleet recipe, as written (on free ports, and with a Redis
+    of the test's own), and the CLI's node column.
+    """
+
+    def test_recipe(self) -> None:
+        """Node a shows agent-7 on node b and sends it a message that b confirms; tcpcomm clients names the node."""
+        if shutil.which("curl") is None:
+            raise SkipTest("curl is not installed")
+        folder = scratch(self)
+        redis = RedisServer(self)
+        ports = {"9527": freePort(), "9528": freePort(), "9537": freePort(), "9538": freePort()}
+        text = recipe("fleet").replace("6379", str(redis.port))
+        for old, new in ports.items():
+            text = text.replace(old, str(new))
+        redisLine, nodeA, nodeB, clientLine, show, sendLine = text.splitlines()
+        self.assertTrue(redisLine.startswith("redis-server "), redisLine)
+        servers = [Twistd(self, *shlex.split(line)[3:], cwd=folder) for line in (nodeA, nodeB)]
+        for server, name in zip(servers, "ab", strict=True):
+            server.waitFor(rf"backplane up: .* as node {name}")
+        client = Twistd(self, *shlex.split(clientLine)[3:], cwd=folder)
+        a = ports["9528"]
+        waitUntil(lambda: call(a, "GET", "/clients/agent-7")[0] == 200, "a sees agent-7")
+        shown = shell(self, show, folder)
+        self.assertEqual(shown.returncode, 0, shown.stderr)
+        described = json.loads(shown.stdout)
+        self.assertEqual((described["id"], described["node"]), ("agent-7", "b"))
+        self.assertRegex(described["peer"], r"^127\.0\.0\.1:\d+$")
+        sent = shell(self, sendLine, folder)
+        self.assertEqual(
+            (sent.returncode, sent.stdout), (0, '{"id": "agent-7", "node": "b", "sent": 1}\n')
+        )
+        client.waitFor(rf"message from 127\.0\.0\.1:{ports['9537']}: restart")
+        listed = shell(self, f"tcpcomm --admin 127.0.0.1:{a} clients", folder)
+        self.assertEqual(listed.returncode, 0, listed.stderr)
+        heading, row = listed.stdout.splitlines()[:2]
+        self.assertEqual(heading.split()[:3], ["ID", "NODE", "PEER"])
+        self.assertEqual(row.split()[:3], ["agent-7", "b", described["peer"]])
+        for server in servers:
+            assertCleanLog(self, server.output())
