@@ -272,11 +272,12 @@ def assertCleanLog(case: SynchronousTestCase, text: str) -> None:
 class RedisServer:
     """
     A C{redis-server} of the test's own on a free loopback port, its
-    configuration and data in a scratch folder, without persistence;
+    configuration (with C{settings}, lines of C{redis.conf}) and data in a
+    scratch folder, without persistence;
     stopped by its pid after the test (woken first if paused).
     """
 
-    def __init__(self, case: SynchronousTestCase) -> None:
+    def __init__(self, case: SynchronousTestCase, *settings: str) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise SkipTest("redis-server is not installed (apt-get install redis-server)")
@@ -287,7 +288,7 @@ class RedisServer:
         with open(self.config, "w") as f:
             f.write(
                 f"port {self.port}\nbind 127.0.0.1\ndir {self.folder}\n"
-                'save ""\nappendonly no\ndaemonize no\n'
+                'save ""\nappendonly no\ndaemonize no\n' + "".join(f"{line}\n" for line in settings)
             )
         self.process: subprocess.Popen[bytes] | None = None
         self.paused = False
@@ -317,7 +318,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(100).startswith(b"+PONG"):
+                    if s.recv(100).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 pass

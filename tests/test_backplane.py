@@ -26,6 +26,7 @@ from tcpcomm.fleet.backplane import (
     SYNC,
     Backplane,
     Latency,
+    _Readiness,
     decode,
     encode,
 )
@@ -365,3 +366,37 @@ class FleetNodeTests(SynchronousTestCase):
         self.node.left(self.session)
         self.assertEqual(self.publisher.commands[-1][-2:], (self.session.id, uid))
         self.assertNotIn(self.session.id, self.backplane.records)
+
+
+class ReadinessTests(SynchronousTestCase):
+    """
+    How a Redis connection gets ready, and how soon one that never does is
+    tried again.
+    """
+
+    def test_backsOffWhileNeverReady(self) -> None:
+        """Connections that are made but never ready (a wrong password) back off, although ClientService counts each as a success; one that gets ready resets it."""
+        clock = Clock()
+        readied: list[object] = []
+
+        def ready(p: object) -> Deferred[None]:
+            readied.append(p)
+            return succeed(None)
+
+        readiness = _Readiness(ready, clock, jitter=lambda: 0.0)
+        never = FakeRedis()
+        never.whenConnected = Deferred  # type: ignore[attr-defined]
+        never.connected = 1  # type: ignore[attr-defined]
+        delays = []
+        for _ in range(4):
+            readiness.prepare(never)
+            delays.append(readiness.retryDelay(1))  # ClientService says: first attempt
+        self.assertEqual(delays, sorted(delays))
+        self.assertGreater(delays[-1], delays[0] * 3)
+        clock.advance(5.1)
+        self.assertTrue(never.transport.disconnecting)  # not ready in 5 s: dropped
+        good = FakeRedis()
+        good.whenConnected = lambda: succeed(good)  # type: ignore[attr-defined]
+        readiness.prepare(good)
+        self.assertEqual(readied, [good])
+        self.assertEqual(readiness.retryDelay(1), delays[0])

@@ -7,6 +7,7 @@ over loopback, and Redis stopped, paused and restarted under them.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -47,7 +48,15 @@ class Node:
     One server of the fleet: its message port and its admin port.
     """
 
-    def __init__(self, case: SynchronousTestCase, redis: RedisServer, name: str, *args: str):
+    def __init__(
+        self,
+        case: SynchronousTestCase,
+        redis: RedisServer,
+        name: str,
+        *args: str,
+        url: str | None = None,
+        up: bool = True,
+    ) -> None:
         self.name = name
         self.admin = freePort()
         self.server = localServer(
@@ -55,7 +64,7 @@ class Node:
             "--admin",
             f"tcp:{self.admin}:interface=127.0.0.1",
             "--backplane",
-            redis.url,
+            url or redis.url,
             "--node-name",
             name,
             "--backplane-ttl",
@@ -65,7 +74,8 @@ class Node:
             *args,
         )
         self.port = self.server.listeningPort()
-        self.server.waitFor(rf"backplane up: .* as node {name}")
+        if up:
+            self.server.waitFor(rf"backplane up: .* as node {name}")
 
     def call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
         status, answer, _ = call(self.admin, method, path, body)
@@ -354,3 +364,41 @@ class FleetRecipeTests(SynchronousTestCase):
         self.assertEqual(row.split()[:3], ["agent-7", "b", described["peer"]])
         for server in servers:
             assertCleanLog(self, server.output())
+
+
+class AuthenticationTests(SynchronousTestCase):
+    """
+    A Redis that requires a password (an ACL user's).
+    """
+
+    def test_passwordFile(self) -> None:
+        """With the password in --backplane-password-file the node joins; with a wrong one it still serves its clients, and /healthz says why the backplane is degraded."""
+        redis = RedisServer(self, "user fleet on >s3cret ~* &* +@all", "user default off")
+        folder = scratch(self)
+        good, bad = os.path.join(folder, "good"), os.path.join(folder, "bad")
+        for path, password in ((good, "s3cret\n"), (bad, "wrong\n")):
+            with open(path, "w") as f:
+                f.write(password)
+        url = f"redis://fleet@127.0.0.1:{redis.port}/0"
+        a = Node(self, redis, "a", "--backplane-password-file", good, url=url)
+        self.assertEqual(a.call("GET", "/healthz")[1]["backplane"]["state"], "up")
+        b = Node(self, redis, "b", "--backplane-password-file", bad, url=url, up=False)
+        health = waitUntil(
+            lambda: (
+                "auth" in (h := b.call("GET", "/healthz")[1])["backplane"].get("reason", "") and h
+            ),
+            "b degraded for its password",
+        )
+        self.assertEqual(health["status"], "degraded")
+        self.assertNotIn("wrong", json.dumps(health))
+        client = Client(self, b)
+        client.sock.sendall(b"ping\n")
+        self.assertEqual(len(client.lines(1, lambda line: line.startswith(b"response"))), 1)
+        self.assertEqual(send(b, client.address, "n-1")[0], 200)  # its own
+        self.assertEqual(client.lines(1, numbered), [b"n-1"])
+        self.assertEqual(send(b, "a/127.0.0.1:1", "x")[0], 503)  # a's: Redis cannot say
+        # Tried again, with backoff, and never an unhandled error in ClientService.
+        b.server.waitFor(r"backplane: dropping a Redis connection not ready|could not auth")
+        time.sleep(1.0)  # a few attempts, to see that none breaks the reconnection
+        assertCleanLog(self, b.server.output())
+        self.assertNotIn("wrong", b.server.output())

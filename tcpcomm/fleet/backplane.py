@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -734,26 +735,55 @@ class _Ticks(Service):
         return super().stopService()
 
 
-def _prepare(ready: Callable[[Any], Deferred[Any]], clock: IReactorTime) -> Callable[[Any], Any]:
+class _Readiness:
     """
-    A L{ClientService} C{prepareConnection}: wait (bounded) for the
-    connection to authenticate and select its database, then C{ready}; a
-    failure drops it and tries again.
+    One Redis connection's way to ready: a L{ClientService}
+    C{prepareConnection} that returns at once, then waits (bounded) for the
+    connection to authenticate and select its database, and does C{ready}
+    (subscribe, register); a connection that fails on the way is dropped.
+
+    Not a Deferred handed to C{ClientService}: Twisted 26.10's loses its
+    state machine (C{NoTransition}) when a connection is lost while that
+    Deferred is pending, as after a wrong password. And since
+    C{ClientService} forgets its failed attempts on every connection made,
+    the retry policy counts those never ready itself, as txredisapi's own
+    pool slots do, so a wrong password backs off instead of spinning.
     """
 
-    def prepare(p: Any) -> Deferred[Any]:
+    def __init__(
+        self,
+        ready: Callable[[Any], Deferred[Any]],
+        clock: IReactorTime,
+        jitter: Callable[[], float] = lambda: random.random() * 0.2,
+    ) -> None:
+        self._ready = ready
+        self._clock = clock
+        # Up to 0.2 s of jitter, so that a fleet does not reconnect in step.
+        self._policy = backoffPolicy(initialDelay=0.2, maxDelay=5.0, jitter=jitter)
+        self.rejected = 0
+
+    def retryDelay(self, attempt: int) -> float:
+        return float(self._policy(max(attempt, self.rejected)))
+
+    def prepare(self, p: Any) -> None:
+        self.rejected += 1
         d: Deferred[Any] = p.whenConnected()
-        d.addTimeout(CONNECT_TIMEOUT, clock)
-        d.addCallback(ready)
+        d.addTimeout(CONNECT_TIMEOUT, self._clock)
+        d.addCallback(self._ready)
 
-        def failed(failure: Failure) -> Failure:
-            if p.transport is not None:
+        def usable(_: object) -> None:
+            self.rejected = 0
+
+        def failed(failure: Failure) -> None:
+            if p.connected and p.transport is not None:
+                log.info(
+                    "backplane: dropping a Redis connection not ready: {reason}",
+                    event="backplane-not-ready",
+                    reason=failure.getErrorMessage(),
+                )
                 p.transport.abortConnection()
-            return failure
 
-        return d.addErrback(failed)
-
-    return prepare
+        d.addCallbacks(usable, failed)
 
 
 def backplaneService(
@@ -763,17 +793,17 @@ def backplaneService(
     The services that keep C{backplane}'s connections and timers going.
     """
     top = MultiService()
-    policy = backoffPolicy(initialDelay=0.2, maxDelay=5.0)
     for protocolClass, ready in [
         (_Publisher, backplane.publisherReady),
         (_Subscriber, backplane.subscriberReady),
     ]:
+        readiness = _Readiness(ready, reactor)
         ClientService(
             backplane.endpoint(reactor),
             _Factory(protocolClass, backplane.address, backplane),
-            retryPolicy=policy,
+            retryPolicy=readiness.retryDelay,
             clock=reactor,
-            prepareConnection=_prepare(ready, reactor),
+            prepareConnection=readiness.prepare,
         ).setServiceParent(top)
     _Ticks(backplane, probeInterval).setServiceParent(top)
     return top
