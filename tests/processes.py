@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -277,7 +278,9 @@ class RedisServer:
     stopped by its pid after the test (woken first if paused).
     """
 
-    def __init__(self, case: SynchronousTestCase, *settings: str) -> None:
+    def __init__(
+        self, case: SynchronousTestCase, *settings: str, tls: tuple[str, str] | None = None
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise SkipTest("redis-server is not installed (apt-get install redis-server)")
@@ -285,6 +288,17 @@ class RedisServer:
         self.folder = scratch(case)
         self.port = freePort()
         self.config = os.path.join(self.folder, "redis.conf")
+        #: With C{tls} (a certificate and key PEM): TLS only, on L{port}.
+        self.tls = tls
+        if tls is not None:
+            settings = (
+                "port 0",
+                f"tls-port {self.port}",
+                f"tls-cert-file {tls[0]}",
+                f"tls-key-file {tls[1]}",
+                "tls-auth-clients no",
+                *settings,
+            )
         with open(self.config, "w") as f:
             f.write(
                 f"port {self.port}\nbind 127.0.0.1\ndir {self.folder}\n"
@@ -297,7 +311,18 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
+
+    def _answers(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as plain:
+            s: socket.socket = plain
+            if self.tls is not None:
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+                s = context.wrap_socket(plain)
+            s.sendall(b"PING\r\n")
+            return s.recv(100).startswith((b"+PONG", b"-NOAUTH"))
 
     def start(self) -> None:
         """
@@ -316,10 +341,8 @@ class RedisServer:
             if self.process.poll() is not None:
                 raise AssertionError(f"redis-server exited ({self.process.returncode})")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(100).startswith((b"+PONG", b"-NOAUTH")):
-                        return
+                if self._answers():
+                    return
             except OSError:
                 pass
             time.sleep(0.05)

@@ -12,6 +12,7 @@ import shlex
 import shutil
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from functools import partial
@@ -20,7 +21,16 @@ from urllib.parse import quote
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from .processes import WAIT, RedisServer, Twistd, assertCleanLog, freePort, localServer, scratch
+from .processes import (
+    WAIT,
+    RedisServer,
+    Twistd,
+    assertCleanLog,
+    environment,
+    freePort,
+    localServer,
+    scratch,
+)
 from .test_admin import call
 from .test_readme import recipe, shell
 
@@ -56,6 +66,7 @@ class Node:
         *args: str,
         url: str | None = None,
         up: bool = True,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.admin = freePort()
@@ -72,6 +83,7 @@ class Node:
             "--reply-delay",
             "0",
             *args,
+            env=env,
         )
         self.port = self.server.listeningPort()
         if up:
@@ -402,3 +414,63 @@ class AuthenticationTests(SynchronousTestCase):
         time.sleep(1.0)  # a few attempts, to see that none breaks the reconnection
         assertCleanLog(self, b.server.output())
         self.assertNotIn("wrong", b.server.output())
+
+
+class TLSTests(SynchronousTestCase):
+    """
+    C{rediss://}: the backplane over TLS, the server's certificate verified.
+    """
+
+    def test_rediss(self) -> None:
+        """Two nodes join over rediss:// (trusting the test's CA through SSL_CERT_FILE) and reach each other's clients; /metrics counts it."""
+        from .certs import Authority
+
+        authority = Authority(scratch(self), "fleet")
+        redis = RedisServer(self, tls=authority.issue("redis", ["127.0.0.1"]))
+        env = environment()
+        env["SSL_CERT_FILE"] = authority.path
+        a, b = (Node(self, redis, n, "--client-id", "hello", env=env) for n in "ab")
+        client = Client(self, b, "agent-t")
+        waitUntil(lambda: "agent-t" in a.clients(), "a sees agent-t")
+        self.assertEqual(send(a, "agent-t", "n-1")[0], 200)
+        self.assertEqual(client.lines(1, numbered), [b"n-1"])
+        self.assertTrue(a.call("GET", "/healthz")[1]["backplane"]["redis"].startswith("rediss://"))
+        metrics = a.call("GET", "/metrics")[1]
+        for line in [
+            "tcpcomm_backplane_up 1.0",
+            "tcpcomm_backplane_messages_sent_total 1.0",
+            'tcpcomm_backplane_delivery_seconds_bucket{le="1.0"} 1.0',
+            "tcpcomm_backplane_delivery_seconds_count 1.0",
+        ]:
+            self.assertIn(line + "\n", metrics)
+        promtool = shutil.which("promtool")
+        if promtool is not None:
+            checked = subprocess.run(
+                [promtool, "check", "metrics"],
+                input=metrics,
+                capture_output=True,
+                text=True,
+                timeout=WAIT,
+            )
+            self.assertEqual(checked.returncode, 0, checked.stdout + checked.stderr)
+
+    def test_untrusted(self) -> None:
+        """A Redis whose certificate is not trusted is not joined: the node says why on /healthz and serves its clients."""
+        from .certs import Authority
+
+        authority = Authority(scratch(self), "fleet")
+        redis = RedisServer(self, tls=authority.issue("redis", ["127.0.0.1"]))
+        a = Node(self, redis, "a", up=False)
+        waitUntil(
+            lambda: (
+                "certificate verify failed"
+                in a.call("GET", "/healthz")[1]["backplane"].get("reason", "")
+            ),
+            "a says it cannot verify Redis",
+        )
+        health = a.call("GET", "/healthz")[1]
+        self.assertEqual(health["backplane"]["state"], "degraded")
+        client = Client(self, a)
+        client.sock.sendall(b"ping\n")
+        self.assertEqual(len(client.lines(1, lambda line: line.startswith(b"response"))), 1)
+        assertCleanLog(self, a.server.output())
