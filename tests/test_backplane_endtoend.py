@@ -67,6 +67,7 @@ class Node:
         url: str | None = None,
         up: bool = True,
         env: dict[str, str] | None = None,
+        ttl: float = TTL,
     ) -> None:
         self.name = name
         self.admin = freePort()
@@ -79,7 +80,7 @@ class Node:
             "--node-name",
             name,
             "--backplane-ttl",
-            str(TTL),
+            str(ttl),
             "--reply-delay",
             "0",
             *args,
@@ -474,3 +475,22 @@ class TLSTests(SynchronousTestCase):
         client.sock.sendall(b"ping\n")
         self.assertEqual(len(client.lines(1, lambda line: line.startswith(b"response"))), 1)
         assertCleanLog(self, a.server.output())
+
+
+class StopTests(SynchronousTestCase):
+    """
+    A node stopped on purpose leaves the fleet at once.
+    """
+
+    def test_sigterm(self) -> None:
+        """A node stopped with SIGTERM takes its clients out of the fleet view long before its TTL (60 s), and logs no traceback."""
+        redis = RedisServer(self)
+        a, b = (Node(self, redis, n, "--client-id", "hello", ttl=60) for n in "ab")
+        Client(self, b, "agent-s")
+        waitUntil(lambda: "agent-s" in a.clients(), "a sees agent-s")
+        started = time.monotonic()
+        b.server.stop()
+        waitUntil(lambda: "agent-s" not in a.clients(), "agent-s gone from a's view", timeout=10)
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertEqual(send(a, "agent-s", "x")[0], 404)
+        assertCleanLog(self, b.server.output())

@@ -173,6 +173,12 @@ return false
 """
 )
 
+#: A node that stops: its record goes at once.
+LEAVE = """
+redis.call('ZREM', ARGV[1] .. 'nodes', ARGV[2])
+return redis.call('DEL', ARGV[1] .. 'node:' .. ARGV[2])
+"""
+
 #: The names of the live nodes.
 NODES = "local p = ARGV[1]" + _NOW + "return redis.call('ZRANGE', p .. 'nodes', 0, -1)"
 
@@ -530,6 +536,8 @@ class Backplane:
     def _registryFailed(self, failure: Failure, what: str, clientId: str) -> None:
         # Not lost: the next refresh notices and registers everyone again.
         failure.trap(BackplaneUnavailable)
+        if not self.up:
+            return  # said once already, by trouble(): not once per client
         log.info(
             "backplane: could not {what} {peer}: {reason}",
             event="backplane-registry-error",
@@ -570,6 +578,19 @@ class Backplane:
             .addCallback(counted)
             .addErrback(failed)
         )
+
+    def leave(self) -> Deferred[None]:
+        """
+        This node is stopping: take its record out of Redis now, so that
+        the fleet view does not show its clients until the TTL; within a
+        second, or not at all (then they expire).
+        """
+        self.records.clear()  # those that end from now on are not unregistered one by one
+
+        def failed(failure: Failure) -> None:
+            failure.trap(BackplaneUnavailable)
+
+        return self.script(LEAVE, self.node).addCallbacks(lambda _: None, failed)
 
     def fleet(self) -> Deferred[list[dict[str, Any]]]:
         """
@@ -711,7 +732,8 @@ class Backplane:
 
 class _Ticks(Service):
     """
-    The backplane's timers: the refresh (a third of the TTL) and the probe.
+    The backplane's timers: the refresh (a third of the TTL) and the probe;
+    and, on stopping, the node leaving the fleet.
     """
 
     def __init__(self, backplane: Backplane, probeInterval: float) -> None:
@@ -732,7 +754,10 @@ class _Ticks(Service):
         for call, _ in self._calls:
             if call.running:
                 call.stop()
-        return super().stopService()
+        super().stopService()
+        # Stopped before the connections (a MultiService stops its last
+        # child first), so the publisher still carries this.
+        return self.backplane.leave()
 
 
 class _Readiness:
