@@ -173,7 +173,12 @@ class FleetTests(SynchronousTestCase):
             waitUntil(partial(lambda n: len(n.clients()) == 9, node), f"node {node.name} sees 9")
 
     def test_fleetView(self) -> None:
-        """Every node lists every client of the fleet, with the node that holds it and its real address; ?local=1 lists its own only."""
+        """With 300 clients spread over three nodes, every node lists all of them, with the node that holds each and its real address; ?local=1 lists its own only."""
+        for i in range(9, 300):
+            node = self.nodes[i % 3]
+            self.clients[f"agent-{i}"] = (node, Client(self, node, f"agent-{i}"))
+        for node in self.nodes:
+            waitUntil(partial(lambda n: len(n.clients()) == 300, node), f"{node.name} sees 300")
         for node in self.nodes:
             listed = node.clients()
             self.assertEqual(
