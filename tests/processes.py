@@ -348,6 +348,14 @@ class RedisServer:
             time.sleep(0.05)
         raise AssertionError(f"redis-server not answering on {self.port} within {WAIT} s")
 
+    def command(self, *words: str) -> bytes:
+        """
+        One command (plain TCP only), and the first bytes of its answer.
+        """
+        with socket.create_connection(("127.0.0.1", self.port), timeout=WAIT) as s:
+            s.sendall(" ".join(words).encode() + b"\r\n")
+            return s.recv(65536)
+
     def pause(self) -> None:
         """
         SIGSTOP it: connections stay open, nothing is answered.

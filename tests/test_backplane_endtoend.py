@@ -311,6 +311,19 @@ class OutageTests(SynchronousTestCase):
             self.redis.resume()
         self.assertRecovers()
 
+    def test_subscriptionKilled(self) -> None:
+        """Subscriptions that Redis drops (CLIENT KILL TYPE pubsub) are made again: cross-node sends reach b's client again, without restarting a node."""
+        killed = self.redis.command("CLIENT", "KILL", "TYPE", "pubsub")
+        self.assertEqual(killed, b":2\r\n")
+        waitUntil(
+            lambda: (
+                self.redis.command("PUBSUB", "NUMSUB", "tcpcomm:to:a", "tcpcomm:to:b").count(b":1")
+                == 2
+            ),
+            "a and b subscribed again",
+        )
+        self.assertRecovers()
+
     def test_restarted(self) -> None:
         """With Redis restarted empty (no persistence), sends across fail fast while it is down; then nodes reconnect, subscribe and register their clients again."""
         self.redis.stop()
