@@ -211,6 +211,16 @@ class BackplaneTests(SynchronousTestCase):
         self.assertEqual(backplane.state()["state"], "degraded")
         self.assertIn("did not answer within 1 s", backplane.state()["reason"])
 
+    def test_redisRefuses(self) -> None:
+        """An error Redis answers (an ACL that forbids the command) is a backplane that could not say, not an internal error."""
+        import txredisapi  # type: ignore[import-untyped]
+
+        backplane, _, publisher, _ = makeBackplane()
+        d = backplane.call("EVAL", "return 1", 0)
+        publisher.answers[-1].errback(txredisapi.ResponseError("NOPERM no permission"))
+        failure = self.failureResultOf(d, BackplaneUnavailable)
+        self.assertEqual(failure.getErrorMessage(), "Redis: NOPERM no permission")
+
     def test_subscribesOnEveryConnect(self) -> None:
         """Each new subscribing connection subscribes to the node's own channel and the fleet's: a reconnect never leaves it deaf."""
         backplane, _, _, first = makeBackplane()

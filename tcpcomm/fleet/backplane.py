@@ -481,7 +481,9 @@ class Backplane:
                 return Failure(
                     BackplaneUnavailable(f"Redis did not answer within {self.callTimeout:g} s")
                 )
-            if failure.check(txredisapi.ConnectionError):
+            if failure.check(txredisapi.RedisError):
+                # Lost connections, and errors Redis answers (an ACL that
+                # forbids EVAL, a read-only replica, out of memory).
                 return Failure(BackplaneUnavailable(f"Redis: {failure.getErrorMessage()}"))
             return failure
 
