@@ -346,27 +346,24 @@ def showClients(clients: list[dict[str, Any]], args: argparse.Namespace) -> str:
     """
     if not clients:
         return "no clients connected"
+    # A fleet's (--backplane) names the node of each; another node's have no counts.
+    fleet = any("node" in c for c in clients)
+    headings = ["ID", "PEER", "TLS SUBJECT", "CONNECTED SINCE", "LAST MESSAGE"]
     rows = [
-        [
-            "ID",
-            "PEER",
-            "TLS SUBJECT",
-            "CONNECTED SINCE",
-            "LAST MESSAGE",
-            "MSGS IN/OUT",
-            "BYTES IN/OUT",
-        ]
+        [*headings[:1], *(["NODE"] if fleet else []), *headings[1:], "MSGS IN/OUT", "BYTES IN/OUT"]
     ]
     for c in clients:
+        counted = c["messagesIn"] is not None
         rows.append(
             [
                 c["id"],
+                *([c.get("node") or "-"] if fleet else []),
                 c["peer"],
                 c["tlsSubject"] or "-",
                 localTime(c["connectedSince"]),
                 localTime(c["lastMessage"]),
-                f"{c['messagesIn']}/{c['messagesOut']}",
-                f"{size(c['bytesIn'])}/{size(c['bytesOut'])}",
+                f"{c['messagesIn']}/{c['messagesOut']}" if counted else "-",
+                f"{size(c['bytesIn'])}/{size(c['bytesOut'])}" if counted else "-",
             ]
         )
     count = len(clients)

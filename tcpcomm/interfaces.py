@@ -234,3 +234,20 @@ class IHandler(Interface):
         """
         The connection is gone.
         """
+
+
+class IFleet(Interface):
+    """
+    What a server's hub tells the fleet it is part of (C{--backplane}):
+    which sessions it holds.
+    """
+
+    def joined(session: ISession) -> None:
+        """
+        C{session} is identified and in the hub's registry.
+        """
+
+    def left(session: ISession) -> None:
+        """
+        C{session} is gone.
+        """

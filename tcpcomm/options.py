@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import ipaddress
 import math
+import socket
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 
 from tcpcomm.config import ConfigFile, givenOptions
+from tcpcomm.fleet.settings import checkNodeName, checkPrefix, parseRedisURL
 from tcpcomm.handlers import HandlerNotFound, findHandler
 from tcpcomm.hub.identity import ClientTokens
 from tcpcomm.hub.queuestore import checkQueueDir
@@ -552,6 +554,39 @@ class ServerOptions(_CommonOptions):
             "With --client-id hello: file of 'NAME TOKEN' lines (TOKEN plain or "
             "sha256:HEX); a hello must carry its name's token. Re-read on SIGHUP.",
         ],
+        [
+            "backplane",
+            None,
+            None,
+            "Redis that joins this server to a fleet: redis://[USER[:PASSWORD]@]HOST:PORT/DB, "
+            "or rediss:// for TLS.",
+        ],
+        [
+            "backplane-password-file",
+            None,
+            None,
+            "File whose first line is the Redis password (instead of one in --backplane).",
+        ],
+        [
+            "backplane-prefix",
+            None,
+            "tcpcomm:",
+            "Prefix of this fleet's Redis keys and channels, so that fleets can share a Redis.",
+        ],
+        [
+            "node-name",
+            None,
+            None,
+            "This server's name in the fleet (default: the host name and --port).",
+        ],
+        [
+            "backplane-ttl",
+            None,
+            30.0,
+            "Seconds a node's clients stay in the fleet view after it stops refreshing them "
+            "(a node that died).",
+            _number("--backplane-ttl", float, 1),
+        ],
     ]
 
     def __init__(self) -> None:
@@ -567,6 +602,7 @@ class ServerOptions(_CommonOptions):
         self._checkTLS()
         self._checkIdentity()
         self._checkProxyProtocol()
+        self._checkBackplane()
 
     def _checkProxyProtocol(self) -> None:
         """
@@ -583,6 +619,65 @@ class ServerOptions(_CommonOptions):
                     f"{description!r}: HAProxy sends it in clear first; use --tls-cert (with "
                     "--port) for TLS behind HAProxy"
                 )
+
+    def _checkBackplane(self) -> None:
+        """
+        Parse C{--backplane}, read its password file, and name the node;
+        refuse the backplane options without it, and C{--queue-dir} with it.
+        """
+        url, passwordFile = self["backplane"], self["backplane-password-file"]
+        self["backplane-address"] = None
+        if url is None:
+            for name in ("backplane-password-file", "node-name"):
+                if self[name] is not None:
+                    raise usage.UsageError(f"--{name} {self[name]!r} needs --backplane")
+            return
+        try:
+            address = parseRedisURL(url)
+        except ValueError as e:
+            raise usage.UsageError(f"--backplane {url!r}: {e}") from None
+        if self["queue-dir"] is not None:
+            raise usage.UsageError(
+                f"--queue-dir {self['queue-dir']!r} cannot be combined with --backplane "
+                f"{str(address)!r}: a fleet's queues are not kept in a node's own file"
+            )
+        if passwordFile is not None:
+            try:
+                with open(passwordFile, encoding="utf-8") as f:
+                    password = f.readline().rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as e:
+                reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                raise usage.UsageError(
+                    f"--backplane-password-file {passwordFile!r}: {reason}"
+                ) from None
+            if not password:
+                raise usage.UsageError(
+                    f"--backplane-password-file {passwordFile!r}: its first line is empty"
+                )
+            address = address.withPassword(password)
+        self["backplane-address"] = address
+        for option, check in (("backplane-prefix", checkPrefix), ("node-name", checkNodeName)):
+            value = self[option]
+            if value is None:
+                continue
+            try:
+                check(value)
+            except ValueError as e:
+                raise usage.UsageError(f"--{option} {value!r}: {e}") from None
+        if self["node-name"] is None:
+            self["node-name"] = f"{socket.gethostname()}:{self.listeningPort()}"
+
+    def listeningPort(self) -> str:
+        """
+        The port that names this node by default: C{--port}, or that of the
+        first C{--listen} that has one.
+        """
+        for description in self["listen"]:
+            for part in description.split(":")[1:]:
+                key, _, value = part.rpartition("=")
+                if key in ("", "port") and value.isdigit():
+                    return value
+        return str(self["port"])
 
     def _checkIdentity(self) -> None:
         """

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.resources
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import (
@@ -46,6 +46,9 @@ from tcpcomm.templates import Texts
 from tcpcomm.wire.framing import FRAMINGS
 from tcpcomm.wire.protocol import Limits, MessageFactory
 from tcpcomm.wire.proxy import ProxyHeaderEndpoint
+
+if TYPE_CHECKING:
+    from tcpcomm.fleet.backplane import Backplane
 
 __all__ = ["Options", "makeService"]
 
@@ -211,9 +214,36 @@ def makeServer(
     reloader.add(
         Live("drain period", lambda o: o["drain-period"], partial(setattr, drain, "period"))
     )
-    addAdmin(top, options, hub, reactor, reloader, drain=drain)
+    backplane = addBackplane(top, options, hub, reactor)
+    addAdmin(top, options, hub, reactor, reloader, drain=drain, backplane=backplane)
     addReloadService(top, reloader, reactor)
     return top
+
+
+def addBackplane(
+    top: MultiService, options: ServerOptions, hub: Hub, reactor: Any
+) -> Backplane | None:
+    """
+    Join the fleet of C{--backplane}, if given: the L{Backplane}, or L{None}.
+    """
+    address = options["backplane-address"]
+    if address is None:
+        return None
+    # Imported only for a fleet: the Redis client imports the reactor.
+    from tcpcomm.fleet.backplane import Backplane, backplaneService
+    from tcpcomm.fleet.node import FleetNode
+
+    backplane = Backplane(
+        reactor,
+        address,
+        options["node-name"],
+        options["backplane-prefix"],
+        options["backplane-ttl"],
+        named=options["client-id"] != "address",
+    )
+    hub.fleet = FleetNode(hub, backplane, hub.replacedElsewhere)
+    backplaneService(backplane, reactor).setServiceParent(top)
+    return backplane
 
 
 def makeQueues(options: ServerOptions, reactor: Any) -> Queues:
@@ -283,10 +313,11 @@ def addAdmin(
     reloader: Reloader,
     status: ClientStatus | None = None,
     drain: Drain | None = None,
+    backplane: Backplane | None = None,
 ) -> None:
     """
     Serve the admin API on C{--admin}, if given; a server's can start its
-    C{drain}.
+    C{drain}, and with C{backplane} sees and reaches the whole fleet.
     """
     description = options["admin"]
     if description is None:
@@ -294,7 +325,7 @@ def addAdmin(
     outgoing = Outgoing(options["encoding"], options["framing"], options["max-message-size"])
     site = makeAdminSite(
         hub,
-        makeRegistry(hub, status, reloader.status, drain),
+        makeRegistry(hub, status, reloader.status, drain, backplane),
         outgoing,
         reactor,
         options["admin-token"],
@@ -303,6 +334,7 @@ def addAdmin(
         maxConnections=options["admin-max-connections"],
         reloads=reloader.status,
         drain=drain,
+        backplane=backplane,
     )
     resource = cast(AdminResource, site.resource)
     reloader.add(

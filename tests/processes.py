@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -267,3 +268,120 @@ def assertCleanLog(case: SynchronousTestCase, text: str) -> None:
     """
     for bad in ("Traceback", "Unhandled error", "Unhandled Error"):
         case.assertNotIn(bad, text)
+
+
+class RedisServer:
+    """
+    A C{redis-server} of the test's own on a free loopback port, its
+    configuration (with C{settings}, lines of C{redis.conf}) and data in a
+    scratch folder, without persistence;
+    stopped by its pid after the test (woken first if paused).
+    """
+
+    def __init__(
+        self, case: SynchronousTestCase, *settings: str, tls: tuple[str, str] | None = None
+    ) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SkipTest("redis-server is not installed (apt-get install redis-server)")
+        self.binary = binary
+        self.folder = scratch(case)
+        self.port = freePort()
+        self.config = os.path.join(self.folder, "redis.conf")
+        #: With C{tls} (a certificate and key PEM): TLS only, on L{port}.
+        self.tls = tls
+        if tls is not None:
+            settings = (
+                "port 0",
+                f"tls-port {self.port}",
+                f"tls-cert-file {tls[0]}",
+                f"tls-key-file {tls[1]}",
+                "tls-auth-clients no",
+                *settings,
+            )
+        with open(self.config, "w") as f:
+            f.write(
+                f"port {self.port}\nbind 127.0.0.1\ndir {self.folder}\n"
+                'save ""\nappendonly no\ndaemonize no\n' + "".join(f"{line}\n" for line in settings)
+            )
+        self.process: subprocess.Popen[bytes] | None = None
+        self.paused = False
+        self.start()
+        case.addCleanup(self.stop)
+
+    @property
+    def url(self) -> str:
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
+
+    def _answers(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as plain:
+            s: socket.socket = plain
+            if self.tls is not None:
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+                s = context.wrap_socket(plain)
+            s.sendall(b"PING\r\n")
+            return s.recv(100).startswith((b"+PONG", b"-NOAUTH"))
+
+    def start(self) -> None:
+        """
+        Start it (again, on the same port) and wait until it takes commands.
+        """
+        log = open(os.path.join(self.folder, f"redis-{time.monotonic_ns()}.log"), "wb")
+        self.process = subprocess.Popen(
+            [self.binary, self.config],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"redis-server exited ({self.process.returncode})")
+            try:
+                if self._answers():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"redis-server not answering on {self.port} within {WAIT} s")
+
+    def command(self, *words: str) -> bytes:
+        """
+        One command (plain TCP only), and the first bytes of its answer.
+        """
+        with socket.create_connection(("127.0.0.1", self.port), timeout=WAIT) as s:
+            s.sendall(" ".join(words).encode() + b"\r\n")
+            return s.recv(65536)
+
+    def pause(self) -> None:
+        """
+        SIGSTOP it: connections stay open, nothing is answered.
+        """
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+        self.paused = False
+
+    def stop(self) -> None:
+        """
+        Stop it by its pid, and wait (bounded); kill it if it lingers.
+        """
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        if self.paused:
+            os.kill(process.pid, signal.SIGCONT)
+            self.paused = False
+        process.terminate()
+        try:
+            process.wait(WAIT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(WAIT)

@@ -22,6 +22,7 @@ SOURCE = Path(tcpcomm.__file__).parent
 WIRE = "tcpcomm.wire"
 HUB = "tcpcomm.hub"
 CONTROL = "tcpcomm.control"
+FLEET = "tcpcomm.fleet"
 
 #: Modules below every layer, which any module may import: the package's
 #: version, the interfaces between layers, and leaves that import nothing
@@ -276,6 +277,8 @@ class LayoutTests(SynchronousTestCase):
             "tcpcomm.control.admin",
             "tcpcomm.control.openapi",
             "tcpcomm.control.metrics",
+            "tcpcomm.fleet.backplane",
+            "tcpcomm.fleet.node",
             *SHARED,
             *BUILDERS,
         ]:
@@ -295,6 +298,11 @@ class LayoutTests(SynchronousTestCase):
     def test_hubImportsNoWire(self) -> None:
         """The hub side imports nothing of tcpcomm but its own and the shared modules."""
         found = outsideImports(self.graph, HUB, SHARED)
+        self.assertEqual(found, [], "; ".join(f"{a} imports {b}" for a, b in found))
+
+    def test_fleetImportsOnlyShared(self) -> None:
+        """The fleet reaches the hub only through the interfaces: it imports nothing of tcpcomm but its own and the shared modules."""
+        found = outsideImports(self.graph, FLEET, SHARED)
         self.assertEqual(found, [], "; ".join(f"{a} imports {b}" for a, b in found))
 
     def test_sharedImportOnlyShared(self) -> None:

@@ -72,12 +72,14 @@ from tcpcomm.control.openapi import (
     textResponse,
 )
 from tcpcomm.drain import Drain
+from tcpcomm.fleet.settings import BackplaneUnavailable
 from tcpcomm.hub.hub import Hub
 from tcpcomm.hub.queues import QueueFull, Queues, QueueUnavailable
 from tcpcomm.interfaces import ISession
 from tcpcomm.wire.address import addressText
 
 if TYPE_CHECKING:
+    from tcpcomm.fleet.backplane import Backplane
     from tcpcomm.reload import ReloadStatus
 
 # The namespace its lines had before the package had layers: operators filter on it.
@@ -229,6 +231,7 @@ class AdminResource(Resource):
         dashboard: bytes | None = None,
         reloads: ReloadStatus | None = None,
         drain: Drain | None = None,
+        backplane: Backplane | None = None,
     ) -> None:
         super().__init__()
 
@@ -246,6 +249,11 @@ class AdminResource(Resource):
                     "ok": reloads.ok,
                     "error": reloads.error,
                 }
+            if backplane is not None:
+                # Still 200 (unless draining): the node serves its own clients without Redis.
+                health["backplane"] = backplane.state()
+                if not backplane.up and code == 200:
+                    health["status"] = "degraded"
             return code, health
 
         def openapi(request: Request, params: list[str]) -> tuple[int, Any]:
@@ -637,11 +645,36 @@ def _ttl(request: Request) -> float | None:
     return seconds
 
 
+def _local(request: Request) -> bool:
+    """
+    Whether C{?local=1} asks for this node's clients only.
+    """
+    given = (request.args or {}).get(b"local")
+    if not given:
+        return False
+    if given[-1] not in (b"0", b"1"):
+        raise APIError(400, f"local must be 0 or 1, not {given[-1].decode('utf-8', 'replace')!r}")
+    return given[-1] == b"1"
+
+
+def _unavailable(failure: Failure) -> None:
+    """
+    The 503 of a cross-node call the backplane could not answer.
+    """
+    failure.trap(BackplaneUnavailable)
+    raise APIError(503, f"the backplane could not say: {failure.getErrorMessage()}")
+
+
 def serverRoutes(
-    hub: Hub, outgoing: Outgoing, clock: IReactorTime, drain: Drain | None = None
+    hub: Hub,
+    outgoing: Outgoing,
+    clock: IReactorTime,
+    drain: Drain | None = None,
+    fleet: Backplane | None = None,
 ) -> dict[tuple[str, str], Route]:
     """
-    The server's routes; C{POST /drain} where there is a C{drain}.
+    The server's routes; C{POST /drain} where there is a C{drain}; with
+    C{fleet}, those about clients reach every node's.
     """
 
     def session(sessionId: str) -> ISession:
@@ -650,14 +683,88 @@ def serverRoutes(
             raise APIError(404, f"no client {sessionId!r} is connected")
         return found
 
-    def listClients(request: Request, params: list[str]) -> tuple[int, Any]:
-        return 200, [describe(s) for s in hub.sessions()]
+    def shown(node: str, clientId: str) -> str:
+        # Addresses are only a node's own (unix#1 is on every node).
+        return clientId if fleet is None or fleet.named else f"{node}/{clientId}"
 
-    def showClient(request: Request, params: list[str]) -> tuple[int, Any]:
-        return 200, describe(session(params[0]))
+    def describeHere(s: ISession) -> dict[str, Any]:
+        described = describe(s)
+        if fleet is not None:
+            described["id"] = shown(fleet.node, s.id)
+            described["node"] = fleet.node
+        return described
+
+    def describeRecord(record: dict[str, Any]) -> dict[str, Any]:
+        """
+        A client of another node, as Redis holds it: no traffic counts.
+        """
+        return {
+            "id": shown(record["node"], record["id"]),
+            "node": record["node"],
+            "peer": record["peer"],
+            "tlsSubject": record.get("tlsSubject"),
+            "connectedSince": isoTime(record["since"]),
+            "lastMessage": None,
+            **dict.fromkeys(("messagesIn", "messagesOut", "bytesIn", "bytesOut")),
+        }
+
+    def where(given: str) -> tuple[str, str, ISession | None]:
+        """
+        The node and id that C{given} (C{id}, or C{node/id}) names, and the
+        session if it is this node's (node names and ids hold no C{/}).
+        """
+        assert fleet is not None
+        node, slash, clientId = given.partition("/")
+        if not slash:
+            node, clientId = "", given
+        here = hub.get(clientId) if node in ("", fleet.node) else None
+        return node, clientId, here
+
+    def remote(given: str) -> Deferred[dict[str, Any] | None] | None:
+        """
+        The record of the client that another node holds, when C{given} may
+        name one (L{None} when it can only be this node's).
+        """
+        assert fleet is not None
+        node, clientId, here = where(given)
+        if here is not None or node == fleet.node or (node == "" and not fleet.named):
+            return None
+        return fleet.locate(clientId, node)
+
+    def listClients(request: Request, params: list[str]) -> Any:
+        onlyHere = _local(request)
+        here = [describeHere(s) for s in hub.sessions()]
+        if fleet is None or onlyHere:
+            return 200, here
+        node = fleet.node
+
+        def listed(records: list[dict[str, Any]]) -> tuple[int, Any]:
+            # This node's own are as its hub has them now.
+            return 200, here + [describeRecord(r) for r in records if r["node"] != node]
+
+        return fleet.fleet().addCallbacks(listed, _unavailable)
+
+    def showClient(request: Request, params: list[str]) -> Any:
+        if fleet is None:
+            return 200, describe(session(params[0]))
+        _, clientId, here = where(params[0])
+        if here is not None:
+            return 200, describeHere(here)
+        found = remote(params[0])
+        if found is None:
+            raise APIError(404, f"no client {params[0]!r} is connected")
+
+        def shownRecord(record: dict[str, Any] | None) -> tuple[int, Any]:
+            if record is None:
+                raise APIError(404, f"no client {params[0]!r} is connected to any node")
+            return 200, describeRecord(record)
+
+        return found.addCallbacks(shownRecord, _unavailable)
 
     def sendMessage(request: Request, params: list[str]) -> Any:
         ttl = _ttl(request)
+        if fleet is not None:
+            return sendAcross(params[0], outgoing.fromBody(_body(request)), ttl)
         if ttl is not None and hub.queues is not None and hub.get(params[0]) is None:
             return queue(hub.queues, params[0], outgoing.fromBody(_body(request)), ttl)
         target = session(params[0])
@@ -665,6 +772,48 @@ def serverRoutes(
         target.sendBytes(message)
         log.info("admin: sent a message to {peer}", event="admin-send", peer=target.id)
         return 200, {"id": target.id, "sent": 1}
+
+    def sendAcross(given: str, message: bytes, ttl: float | None) -> Any:
+        """
+        A send in a fleet: to this node's client at once, else to the node
+        that holds it, which confirms the write (or not) within a second.
+        """
+        assert fleet is not None
+        _, clientId, here = where(given)
+        if here is not None:
+            here.sendBytes(message)
+            log.info("admin: sent a message to {peer}", event="admin-send", peer=here.id)
+            return 200, {"id": given, "node": fleet.node, "sent": 1}
+
+        def absent() -> Any:
+            # Queues stay on the node that was asked, for now.
+            if ttl is not None and hub.queues is not None:
+                return queue(hub.queues, clientId, message, ttl)
+            raise APIError(404, f"no client {given!r} is connected to any node")
+
+        found = remote(given)
+        if found is None:
+            return absent()
+
+        def located(record: dict[str, Any] | None) -> Any:
+            if record is None:
+                return absent()
+            node = record["node"]
+
+            def confirmed(reply: dict[str, Any]) -> Any:
+                if not reply.get("sent"):
+                    return absent()
+                log.info(
+                    "admin: sent a message to {peer} on node {node}",
+                    event="admin-send",
+                    peer=clientId,
+                    node=node,
+                )
+                return 200, {"id": given, "node": node, "sent": 1}
+
+            return fleet.request(node, "deliver", {"id": clientId}, message).addCallback(confirmed)
+
+        return found.addCallback(located).addErrback(_unavailable)
 
     def queue(queues: Queues, clientId: str, message: bytes, ttl: float) -> Deferred[Any]:
         """
@@ -710,11 +859,46 @@ def serverRoutes(
         log.info("admin: broadcast to {count} client(s)", event="admin-broadcast", count=count)
         return 200, {"received": count}
 
-    def disconnect(request: Request, params: list[str]) -> tuple[int, Any]:
-        target = session(params[0])
+    def disconnect(request: Request, params: list[str]) -> Any:
+        if fleet is None:
+            target = session(params[0])
+        else:
+            _, clientId, here = where(params[0])
+            if here is None:
+                return disconnectAcross(params[0])
+            target = here
         target.close()
         log.info("admin: disconnecting {peer}", event="admin-disconnect", peer=target.id)
-        return 200, {"id": target.id, "disconnected": True}
+        return 200, {"id": params[0] if fleet else target.id, "disconnected": True}
+
+    def disconnectAcross(given: str) -> Any:
+        """
+        A disconnect of a client that another node holds, if one does.
+        """
+        assert fleet is not None
+        found = remote(given)
+        if found is None:
+            raise APIError(404, f"no client {given!r} is connected")
+
+        def located(record: dict[str, Any] | None) -> Any:
+            if record is None:
+                raise APIError(404, f"no client {given!r} is connected to any node")
+            node, clientId = record["node"], record["id"]
+
+            def done(reply: dict[str, Any]) -> tuple[int, Any]:
+                if not reply.get("disconnected"):
+                    raise APIError(404, f"no client {given!r} is connected to any node")
+                log.info(
+                    "admin: disconnecting {peer} on node {node}",
+                    event="admin-disconnect",
+                    peer=clientId,
+                    node=node,
+                )
+                return 200, {"id": given, "node": node, "disconnected": True}
+
+            return fleet.request(node, "disconnect", {"id": clientId}).addCallback(done)
+
+        return found.addCallback(located).addErrback(_unavailable)
 
     def startDrain(request: Request, params: list[str]) -> tuple[int, Any]:
         assert drain is not None
@@ -738,27 +922,43 @@ def serverRoutes(
         "is a 400.",
         "schema": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
     }
+    LOCAL_PARAMETER = {
+        "name": "local",
+        "in": "query",
+        "required": False,
+        "description": "With --backplane: 1 lists this node's clients only.",
+        "schema": {"type": "string", "enum": ["0", "1"]},
+    }
+    BACKPLANE_503 = error("With --backplane: Redis or the node holding the client did not answer.")
     return {
         ("GET", "/clients"): Route(
             listClients,
             Doc(
                 "listClients",
-                "Every connected client.",
+                "Every connected client; with --backplane, of every node (?local=1: this "
+                "node's only).",
                 {
                     "200": {
                         **jsonResponse("The clients.", {"type": "array", "items": ref("Client")}),
                         "links": clientsLinks,
-                    }
+                    },
+                    "400": error("A local that is neither 0 nor 1."),
+                    "503": error("With --backplane: Redis could not say (?local=1 still can)."),
                 },
                 schemas=clientSchema,
+                parameters=[LOCAL_PARAMETER],
             ),
         ),
         ("GET", "/clients/{id}"): Route(
             showClient,
             Doc(
                 "getClient",
-                "One connected client.",
-                {"200": jsonResponse("The client.", ref("Client")), "404": absent},
+                "One connected client (of any node, with --backplane).",
+                {
+                    "200": jsonResponse("The client.", ref("Client")),
+                    "404": absent,
+                    "503": BACKPLANE_503,
+                },
                 schemas=clientSchema,
             ),
         ),
@@ -781,7 +981,11 @@ def serverRoutes(
                         ),
                     ),
                     "404": error("No such client is connected (and no ttl was given)."),
-                    "503": error("The queue store could not be loaded at start."),
+                    "503": error(
+                        "The queue store could not be loaded at start; or, with --backplane, "
+                        "Redis or the node holding the client did not answer within a second "
+                        "(the message may or may not have been written)."
+                    ),
                     "507": error(
                         "Queueing it would go over --queue-max-messages, --queue-max-bytes "
                         "or --queue-total-bytes (the message names which)."
@@ -828,12 +1032,13 @@ def serverRoutes(
             disconnect,
             Doc(
                 "disconnectClient",
-                "Close one client's connection.",
+                "Close one client's connection (on any node, with --backplane).",
                 {
                     "200": jsonResponse(
                         "Closing.", simpleObject(id="string", disconnected="boolean")
                     ),
                     "404": absent,
+                    "503": BACKPLANE_503,
                 },
             ),
         ),
@@ -1193,20 +1398,30 @@ def makeAdminSite(
     maxConnections: int = 64,
     reloads: ReloadStatus | None = None,
     drain: Drain | None = None,
+    backplane: Backplane | None = None,
 ) -> AdminSite:
     """
     The admin site of a server (C{status} is L{None}) or of a client;
     C{/healthz} tells the last reload's time and result from C{reloads},
-    and whether the server's C{drain} is under way.
+    and whether the server's C{drain} is under way, and the state of a
+    server's C{backplane}.
     """
     if status is None:
-        routes = serverRoutes(hub, outgoing, clock, drain)
+        routes = serverRoutes(hub, outgoing, clock, drain, backplane)
         role = "server"
     else:
         routes = clientRoutes(hub, status, outgoing)
         role = "client"
         dashboard = None
     resource = AdminResource(
-        routes, metrics, role, token, outgoing.maxMessageSize, dashboard, reloads, drain
+        routes,
+        metrics,
+        role,
+        token,
+        outgoing.maxMessageSize,
+        dashboard,
+        reloads,
+        drain,
+        backplane,
     )
     return AdminSite(resource, maxConnections, clock)

@@ -9,7 +9,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from tcpcomm.client import ClientStatus
@@ -18,6 +23,7 @@ from tcpcomm.hub.hub import Hub
 from tcpcomm.hub.queues import Queues
 
 if TYPE_CHECKING:
+    from tcpcomm.fleet.backplane import Backplane
     from tcpcomm.reload import ReloadStatus
 
 
@@ -189,19 +195,62 @@ def queueMetrics(queues: Queues) -> Iterator[Metric]:
     )
 
 
+class BackplaneCollector(Collector):
+    """
+    The backplane's state, the fleet's size as this node last counted it,
+    and the messages and latency of cross-node calls.
+    """
+
+    def __init__(self, backplane: Backplane) -> None:
+        self._backplane = backplane
+
+    def collect(self) -> Iterator[Metric]:
+        backplane = self._backplane
+        yield GaugeMetricFamily(
+            "tcpcomm_backplane_up",
+            "1 while both Redis connections are up and the last probe came back, else 0.",
+            value=1 if backplane.up else 0,
+        )
+        yield GaugeMetricFamily(
+            "tcpcomm_fleet_clients",
+            "Clients of the whole fleet, as Redis held them at this node's last refresh.",
+            value=backplane.fleetClients,
+        )
+        yield CounterMetricFamily(
+            "tcpcomm_backplane_messages_received",
+            "Messages from other nodes (sends, disconnects, takeovers...) received.",
+            value=backplane.messagesIn,
+        )
+        yield CounterMetricFamily(
+            "tcpcomm_backplane_messages_sent",
+            "Messages to other nodes published.",
+            value=backplane.messagesOut,
+        )
+        latency = backplane.latency
+        yield HistogramMetricFamily(
+            "tcpcomm_backplane_delivery_seconds",
+            "Seconds from a cross-node call (a send, a disconnect) to the holding node's reply.",
+            buckets=list(latency.cumulative()),
+            sum_value=latency.sum,
+        )
+
+
 def makeRegistry(
     hub: Hub,
     status: ClientStatus | None = None,
     reloads: ReloadStatus | None = None,
     drain: Drain | None = None,
+    backplane: Backplane | None = None,
 ) -> CollectorRegistry:
     """
     A registry of this process's metrics: the hub's, the last reload's, the
-    server's drain, and the process's own (memory, CPU, open files) and
-    Python's.
+    server's drain, the backplane's, and the process's own (memory, CPU,
+    open files) and Python's.
     """
     registry = CollectorRegistry()
     registry.register(HubCollector(hub, status))
+    if backplane is not None:
+        registry.register(BackplaneCollector(backplane))
     if reloads is not None:
         registry.register(ReloadCollector(reloads))
     if drain is not None:

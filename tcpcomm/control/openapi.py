@@ -168,12 +168,15 @@ CLIENT_SCHEMA: JSON = allRequired(
         "tlsSubject": _NULLABLE_STRING,
         "connectedSince": {"type": "string", "format": "date-time"},
         "lastMessage": {**_NULLABLE_STRING, "format": "date-time"},
-        "messagesIn": {"type": "integer", "minimum": 0},
-        "messagesOut": {"type": "integer", "minimum": 0},
-        "bytesIn": {"type": "integer", "minimum": 0},
-        "bytesOut": {"type": "integer", "minimum": 0},
+        # null for a client of another node of the fleet (--backplane).
+        "messagesIn": {"type": "integer", "nullable": True, "minimum": 0},
+        "messagesOut": {"type": "integer", "nullable": True, "minimum": 0},
+        "bytesIn": {"type": "integer", "nullable": True, "minimum": 0},
+        "bytesOut": {"type": "integer", "nullable": True, "minimum": 0},
     }
 )
+#: With --backplane: the node that holds the client.
+CLIENT_SCHEMA["properties"]["node"] = {"type": "string"}
 
 STATUS_SCHEMA: JSON = allRequired(
     {
@@ -209,8 +212,19 @@ DRAIN_SCHEMA: JSON = allRequired(
 HEALTHZ_SCHEMA: JSON = {
     "type": "object",
     "properties": {
-        "status": {"type": "string", "enum": ["ok", "draining"]},
+        "status": {"type": "string", "enum": ["ok", "draining", "degraded"]},
         "drain": {"description": "While draining: how far it is.", **allRequired(DRAIN_STATE)},
+        "backplane": {
+            "description": "With --backplane: its state; degraded says why.",
+            "type": "object",
+            "properties": {
+                "state": {"type": "string", "enum": ["up", "degraded"]},
+                "reason": {"type": "string"},
+                "redis": {"type": "string"},
+                "node": {"type": "string"},
+            },
+            "required": ["state", "redis", "node"],
+        },
         "lastReload": {
             "description": "The last load of the settings: the start, or the last SIGHUP reload.",
             **allRequired(

@@ -17,7 +17,16 @@ from zope.interface import implementer
 from tcpcomm.hub.queues import Queues
 from tcpcomm.hub.registry import PeerRegistry
 from tcpcomm.hub.session import Session, Watcher
-from tcpcomm.interfaces import IConversation, IHandler, IHub, IPeer, ISession, ISide, IStats
+from tcpcomm.interfaces import (
+    IConversation,
+    IFleet,
+    IHandler,
+    IHub,
+    IPeer,
+    ISession,
+    ISide,
+    IStats,
+)
 from tcpcomm.logs import RateLimiter
 from tcpcomm.messagelog import MessageLog
 from tcpcomm.templates import Texts
@@ -152,6 +161,9 @@ class Hub:
         self.flappingLines = RateLimiter("flapping", "flapping warnings for {peer}", clock)
         #: Sessions replaced and not yet gone: why, for the watchers' lost event.
         self._replacedBy: dict[Session, str] = {}
+        #: The fleet this server is part of (C{--backplane}), told of each
+        #: session identified and gone.
+        self.fleet: IFleet | None = None
         self.handler = handlerFactory(self)
 
     # ISide: what the factory of its connections calls.
@@ -180,6 +192,8 @@ class Hub:
         self.registry.add(session)
         if old is not None and old is not session:
             self._replaced(old, session)
+        if self.fleet is not None:
+            self.fleet.joined(session)
         if self.hello is not None:
             # Not counted nor shown to watchers: it may hold a token.
             session.peer.sendMessage(self.hello)
@@ -233,9 +247,30 @@ class Hub:
                 address=new.address,
             )
 
+    def replacedElsewhere(self, session: ISession, why: str) -> None:
+        """
+        A newer connection with C{session}'s name registered on another node
+        of the fleet: close C{session}, and say C{why} in its lost event.
+        """
+        local = self.registry.get(session.id)
+        if local is None or local is not session:
+            return
+        self.stats.takeovers += 1
+        log.info(
+            "replaced {peer} (was {oldAddress}): {why}",
+            event="replaced",
+            peer=session.id,
+            oldAddress=session.address,
+            why=why,
+        )
+        self._replacedBy[local] = why
+        local.close()
+
     def sessionEnded(self, session: Session, reason: Failure) -> None:
         self.stats.retire(session)
         self.registry.remove(session)
+        if self.fleet is not None:
+            self.fleet.left(session)
         why = self._replacedBy.pop(session, None) if self._replacedBy else None
         if self.watchers:
             self.notify("lost", session, why or reason.getErrorMessage())

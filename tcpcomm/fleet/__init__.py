@@ -1,0 +1,4 @@
+"""
+The fleet: several servers that share one registry and reach each other's
+clients through a Redis backplane (C{--backplane}).
+"""
