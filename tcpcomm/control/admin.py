@@ -853,11 +853,46 @@ def serverRoutes(
         # After a restart with --queue-dir, not before the stored queues are read.
         return queues.loaded().addCallback(lambda _: (200, {"queues": queues.summary()}))
 
-    def broadcast(request: Request, params: list[str]) -> tuple[int, Any]:
+    def broadcast(request: Request, params: list[str]) -> Any:
         message = outgoing.fromBody(_body(request))
-        count = hub.broadcastBytes(message)
-        log.info("admin: broadcast to {count} client(s)", event="admin-broadcast", count=count)
-        return 200, {"received": count}
+        count = hub.broadcastHere(message)
+        if fleet is None:
+            log.info("admin: broadcast to {count} client(s)", event="admin-broadcast", count=count)
+            return 200, {"received": count}
+        return broadcastAcross(message, count)
+
+    def broadcastAcross(message: bytes, here: int) -> Deferred[Any]:
+        """
+        A broadcast in a fleet, sent to this node's C{here} clients already:
+        to every other node's, which report how many got it within a second.
+        """
+        assert fleet is not None
+
+        def gathered(result: tuple[dict[str, dict[str, Any]], list[str]]) -> tuple[int, Any]:
+            replies, unanswered = result
+            nodes = {fleet.node: here}
+            for node, reply in sorted(replies.items()):
+                received = reply.get("received")
+                nodes[node] = received if isinstance(received, int) else 0
+            total = sum(nodes.values())
+            log.info(
+                "admin: broadcast to {count} client(s) of {answered} node(s)",
+                event="admin-broadcast",
+                count=total,
+                answered=len(nodes),
+                unanswered=unanswered,
+            )
+            return 200, {"received": total, "nodes": nodes, "unanswered": unanswered}
+
+        def failed(failure: Failure) -> None:
+            failure.trap(BackplaneUnavailable)
+            raise APIError(
+                503,
+                f"the backplane could not say: {failure.getErrorMessage()} ({here} client(s) "
+                "of this node got it; the other nodes' may or may not have)",
+            )
+
+        return fleet.gather("broadcast", {}, message).addCallbacks(gathered, failed)
 
     def disconnect(request: Request, params: list[str]) -> Any:
         if fleet is None:
@@ -1046,11 +1081,30 @@ def serverRoutes(
             broadcast,
             Doc(
                 "broadcast",
-                "Send one message to every client.",
+                "Send one message to every client (of every node, with --backplane: each "
+                "client once at most).",
                 {
                     "200": jsonResponse(
-                        "Sent; how many clients got it.",
-                        allRequired({"received": {"type": "integer", "minimum": 0}}),
+                        "Sent; how many clients got it. With --backplane: the sum of what "
+                        "the nodes reported within a second, the count of each node that "
+                        "did, and the live nodes that did not answer (their clients may or "
+                        "may not have it).",
+                        {
+                            "type": "object",
+                            "required": ["received"],
+                            "properties": {
+                                "received": {"type": "integer", "minimum": 0},
+                                "nodes": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "integer", "minimum": 0},
+                                },
+                                "unanswered": {"type": "array", "items": {"type": "string"}},
+                            },
+                        },
+                    ),
+                    "503": error(
+                        "With --backplane: Redis could not say which nodes there are, or "
+                        "took no publish; this node's clients got it, the others' may not."
                     ),
                     **SEND_ERRORS,
                 },

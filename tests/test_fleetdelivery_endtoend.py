@@ -1,0 +1,94 @@
+"""
+Fleet delivery end to end: real C{twistd} nodes on a real C{redis-server}
+(C{--backplane}), clients connected straight to each node over loopback:
+broadcasts and chat that reach every node's clients once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from functools import partial
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from .processes import RedisServer, assertCleanLog
+from .test_backplane_endtoend import Client, Node, waitUntil
+
+
+def marked(line: bytes) -> bool:
+    return line.startswith(b"all-")
+
+
+class FleetBroadcastTests(SynchronousTestCase):
+    """
+    Three nodes on one Redis, with named clients spread over them.
+    """
+
+    def setUp(self) -> None:
+        self.redis = RedisServer(self)
+        self.nodes = [Node(self, self.redis, n, "--client-id", "hello") for n in "abc"]
+        self.clients = [Client(self, self.nodes[i % 3], f"agent-{i}") for i in range(30)]
+        for node in self.nodes:
+            waitUntil(partial(lambda n: len(n.clients()) == 30, node), f"{node.name} sees 30")
+
+    def test_everyClientOnce(self) -> None:
+        """A broadcast through node a reaches each of 30 clients over three nodes exactly once, and its answer sums every node's count."""
+        a = self.nodes[0]
+        status, answer = a.call("POST", "/broadcast", b"all-1")
+        self.assertEqual(
+            (status, answer),
+            (200, {"received": 30, "nodes": {"a": 10, "b": 10, "c": 10}, "unanswered": []}),
+        )
+        status, answer = self.nodes[2].call("POST", "/broadcast", b"all-2")
+        self.assertEqual((status, answer["received"]), (200, 30))
+        for client in self.clients:
+            self.assertEqual(client.lines(2, marked), [b"all-1", b"all-2"])
+        # Nothing more came: a third line would be a duplicate.
+        a.call("POST", "/broadcast", b"all-end")
+        for client in self.clients:
+            self.assertEqual(client.lines(1, marked), [b"all-end"])
+        for node in self.nodes:
+            assertCleanLog(self, node.server.output())
+
+    def test_silentNodeNamed(self) -> None:
+        """A node that does not answer (stopped with SIGSTOP) is named in the answer, which comes within a few seconds and counts the others."""
+        c = self.nodes[2]
+        os.kill(c.server.pid, signal.SIGSTOP)
+        self.addCleanup(os.kill, c.server.pid, signal.SIGCONT)
+        status, answer = self.nodes[0].call("POST", "/broadcast", b"all-1")
+        self.assertEqual(
+            (status, answer),
+            (200, {"received": 20, "nodes": {"a": 10, "b": 10}, "unanswered": ["c"]}),
+        )
+        for i, client in enumerate(self.clients):
+            if i % 3 != 2:
+                self.assertEqual(client.lines(1, marked), [b"all-1"])
+
+
+class FleetChatTests(SynchronousTestCase):
+    """
+    The C{chat} handler on two nodes.
+    """
+
+    def test_chatAcrossNodes(self) -> None:
+        """A chat message reaches every other client of both nodes once, after the sender's name; the sender gets none."""
+        redis = RedisServer(self)
+        nodes = [Node(self, redis, n, "--client-id", "hello", "--handler", "chat") for n in "ab"]
+        clients = {f"agent-{i}": Client(self, nodes[i % 2], f"agent-{i}") for i in range(6)}
+        for node in nodes:
+            waitUntil(partial(lambda n: len(n.clients()) == 6, node), f"{node.name} sees 6")
+        clients["agent-0"].sock.sendall(b"all-1\n")
+        clients["agent-3"].sock.sendall(b"all-2\n")
+        said = lambda line: b": all-" in line  # noqa: E731
+        for name, client in clients.items():
+            expected = {b"agent-0: all-1", b"agent-3: all-2"}
+            expected -= {line for line in expected if line.startswith(name.encode() + b":")}
+            self.assertEqual(set(client.lines(len(expected), said)), expected, name)
+        # A last message from agent-1 to all: nobody got a duplicate before it.
+        clients["agent-1"].sock.sendall(b"all-3\n")
+        for name, client in clients.items():
+            if name != "agent-1":
+                self.assertEqual(client.lines(1, said), [b"agent-1: all-3"], name)
+        for node in nodes:
+            assertCleanLog(self, node.server.output())
