@@ -9,11 +9,19 @@ from __future__ import annotations
 import os
 import signal
 from functools import partial
+from typing import Any
+from urllib.parse import quote
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from .processes import RedisServer, assertCleanLog
-from .test_backplane_endtoend import Client, Node, waitUntil
+from .test_backplane_endtoend import Client, Node, numbered, waitUntil
+
+
+def send(node: Node, clientId: str, text: str, ttl: float) -> tuple[int, Any]:
+    return node.call(
+        "POST", f"/clients/{quote(clientId, safe='')}/messages?ttl={ttl:g}", text.encode()
+    )
 
 
 def marked(line: bytes) -> bool:
@@ -92,3 +100,63 @@ class FleetChatTests(SynchronousTestCase):
                 self.assertEqual(client.lines(1, said), [b"agent-1: all-3"], name)
         for node in nodes:
             assertCleanLog(self, node.server.output())
+
+
+class FleetQueueTests(SynchronousTestCase):
+    """
+    Queues kept in Redis, on two nodes with small bounds.
+    """
+
+    def setUp(self) -> None:
+        self.redis = RedisServer(self)
+        bounds = ("--queue-max-messages", "3", "--queue-max-bytes", "1000")
+        self.a, self.b = (Node(self, self.redis, n, "--client-id", "hello", *bounds) for n in "ab")
+
+    def test_deliveredThroughAnotherNode(self) -> None:
+        """Messages queued through node a for an absent client reach it once, in order, when it connects through node b; a later connection gets none again."""
+        for i in range(3):
+            status, answer = send(self.a, "agent-q", f"n-{i}", ttl=60)
+            self.assertEqual(
+                (status, answer), (202, {"id": "agent-q", "queued": True, "position": i + 1})
+            )
+        status, listed = self.b.call("GET", "/queues")
+        self.assertEqual(
+            [(q["id"], q["messages"], q["bytes"]) for q in listed["queues"]], [("agent-q", 3, 9)]
+        )
+        client = Client(self, self.b, "agent-q")
+        self.assertEqual(client.lines(3, numbered), [b"n-0", b"n-1", b"n-2"])
+        self.assertEqual(self.a.call("GET", "/queues"), (200, {"queues": []}))
+        # Now held by b: a send with a ttl through a is delivered there, not queued.
+        self.assertEqual(
+            send(self.a, "agent-q", "n-3", ttl=60), (200, {"id": "agent-q", "node": "b", "sent": 1})
+        )
+        self.assertEqual(client.lines(1, numbered), [b"n-3"])
+        client.sock.close()
+        waitUntil(lambda: "agent-q" not in self.a.clients(), "agent-q gone")
+        again = Client(self, self.a, "agent-q")
+        self.assertEqual(send(self.a, "agent-q", "n-4", ttl=60)[0], 200)
+        self.assertEqual(again.lines(1, numbered), [b"n-4"])  # n-0..n-3 not again
+        for node in (self.a, self.b):
+            assertCleanLog(self, node.server.output())
+
+    def test_boundsFleetWide(self) -> None:
+        """--queue-max-messages holds across nodes: the fourth message for one name, sent through another node, is a 507 naming the bound."""
+        for node in (self.a, self.b, self.a):
+            self.assertEqual(send(node, "agent-full", "n-x", ttl=60)[0], 202)
+        status, answer = send(self.b, "agent-full", "n-x", ttl=60)
+        self.assertEqual(status, 507, answer)
+        self.assertIn("--queue-max-messages 3", answer["error"])
+        status, answer = send(self.b, "agent-big", "x" * 1001, ttl=60)
+        self.assertEqual(status, 507, answer)
+        self.assertIn("--queue-max-bytes 1000", answer["error"])
+
+    def test_expired(self) -> None:
+        """A queued message past its ttl is dropped unsent, whichever node the client comes to."""
+        self.assertEqual(send(self.a, "agent-e", "n-old", ttl=0.2)[0], 202)
+        self.assertEqual(send(self.a, "agent-e", "n-new", ttl=60)[0], 202)
+        waitUntil(
+            lambda: self.b.call("GET", "/queues")[1]["queues"][0]["oldestAgeSeconds"] > 0.5,
+            "the first message past its ttl",
+        )
+        client = Client(self, self.b, "agent-e")
+        self.assertEqual(client.lines(1, numbered), [b"n-new"])

@@ -74,7 +74,7 @@ from tcpcomm.control.openapi import (
 from tcpcomm.drain import Drain
 from tcpcomm.fleet.settings import BackplaneUnavailable
 from tcpcomm.hub.hub import Hub
-from tcpcomm.hub.queues import QueueFull, Queues, QueueUnavailable
+from tcpcomm.hub.queues import QueueElsewhere, QueueFull, Queues, QueueUnavailable
 from tcpcomm.interfaces import ISession
 from tcpcomm.wire.address import addressText
 
@@ -773,10 +773,12 @@ def serverRoutes(
         log.info("admin: sent a message to {peer}", event="admin-send", peer=target.id)
         return 200, {"id": target.id, "sent": 1}
 
-    def sendAcross(given: str, message: bytes, ttl: float | None) -> Any:
+    def sendAcross(given: str, message: bytes, ttl: float | None, tries: int = 2) -> Any:
         """
         A send in a fleet: to this node's client at once, else to the node
-        that holds it, which confirms the write (or not) within a second.
+        that holds it, which confirms the write (or not) within a second;
+        with C{ttl}, queued in Redis for a client no node holds (and sent
+        to the node that does, when one got it meanwhile: C{tries} times).
         """
         assert fleet is not None
         _, clientId, here = where(given)
@@ -786,10 +788,16 @@ def serverRoutes(
             return 200, {"id": given, "node": fleet.node, "sent": 1}
 
         def absent() -> Any:
-            # Queues stay on the node that was asked, for now.
             if ttl is not None and hub.queues is not None:
-                return queue(hub.queues, clientId, message, ttl)
+                return queue(hub.queues, clientId, message, ttl).addErrback(elsewhere)
             raise APIError(404, f"no client {given!r} is connected to any node")
+
+        def elsewhere(failure: Failure) -> Any:
+            # A node got the client since it was looked for: send it there.
+            failure.trap(QueueElsewhere)
+            if tries <= 1:
+                raise APIError(503, f"the client {given!r} came and went while it was queued")
+            return sendAcross(given, message, ttl, tries - 1)
 
         found = remote(given)
         if found is None:
@@ -833,6 +841,8 @@ def serverRoutes(
         def refused(failure: Failure) -> None:
             if failure.check(QueueUnavailable):
                 raise APIError(503, str(failure.value))
+            if failure.check(BackplaneUnavailable):
+                _unavailable(failure)
             failure.trap(QueueFull)
             error = failure.value
             assert isinstance(error, QueueFull)
@@ -850,8 +860,9 @@ def serverRoutes(
         queues = hub.queues
         if queues is None:
             return 200, {"queues": []}
-        # After a restart with --queue-dir, not before the stored queues are read.
-        return queues.loaded().addCallback(lambda _: (200, {"queues": queues.summary()}))
+        # After a restart with --queue-dir, not before the stored queues are read;
+        # with --backplane, the fleet's, from Redis.
+        return queues.listing().addCallbacks(lambda listed: (200, {"queues": listed}), _unavailable)
 
     def broadcast(request: Request, params: list[str]) -> Any:
         message = outgoing.fromBody(_body(request))
