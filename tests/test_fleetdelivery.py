@@ -1,7 +1,8 @@
 """
 Tests for fleet delivery's pieces that need no Redis: the backplane's
 fleet-wide requests on a L{Clock}, a node's answer to another's broadcast,
-the hub's relay of its handler's broadcasts, and the CLI's answer.
+the hub's relay of its handler's broadcasts, the CLI's answer, and the
+fleet's queues with their store stood in for.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -16,8 +18,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from tcpcomm.cli import showBroadcast
 from tcpcomm.fleet.backplane import NODES, encode
 from tcpcomm.fleet.node import FleetNode
+from tcpcomm.fleet.queuestore import formatEntry, parseEntry
 from tcpcomm.fleet.settings import BackplaneUnavailable
 from tcpcomm.handlers import Chat
+from tcpcomm.hub.queues import QueueElsewhere, QueueFull, SharedEntry, SharedQueues
 
 from .support import connect, hubOf, makeHub
 from .test_backplane import makeBackplane
@@ -153,3 +157,142 @@ class ShowBroadcastTests(SynchronousTestCase):
             self.show({"received": 3, "nodes": {"a": 3}, "unanswered": ["c"]}),
             "sent to 3 clients on 1 node; no answer from c (their clients may not have it)",
         )
+
+
+class ManualShared:
+    """
+    A stand-in for the fleet's Redis queue store: each call waits for the
+    test to answer it.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...], Deferred[Any]]] = []
+
+    def _call(self, name: str, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.calls.append((name, args, d))
+        return d
+
+    def put(self, *args: Any) -> Deferred[dict[str, Any]]:
+        return self._call("put", *args)
+
+    def take(self, clientId: str) -> Deferred[tuple[float, list[SharedEntry]]]:
+        return self._call("take", clientId)
+
+    def restore(self, clientId: str, entries: list[SharedEntry]) -> Deferred[Any]:
+        return self._call("restore", clientId, entries)
+
+    def summary(self) -> Deferred[tuple[float, list[tuple[str, int, int, float]]]]:
+        return self._call("summary")
+
+
+class SharedQueuesTests(SynchronousTestCase):
+    """
+    The fleet's queues on the hub's side: what the shared store answers,
+    made into positions, refusals and hand-overs.
+    """
+
+    def setUp(self) -> None:
+        self.shared = ManualShared()
+        self.queues = SharedQueues(Clock(), self.shared, 3, 100, 1000)
+
+    def test_put(self) -> None:
+        """A send is queued with the node's bounds, and its position is what the store says; the fleet's totals are kept for the metrics."""
+        d = self.queues.put("agent-7", b"hi", 60)
+        name, args, answer = self.shared.calls[-1]
+        self.assertEqual((name, args), ("put", ("agent-7", b"hi", 60, 3, 100, 1000)))
+        answer.callback({"queued": 2, "expired": 1, "messages": 5, "bytes": 40})
+        self.assertEqual(self.successResultOf(d), 2)
+        self.assertEqual(
+            (self.queues.queued, self.queues.expired, self.queues.waitingMessages), (1, 1, 5)
+        )
+
+    def test_full(self) -> None:
+        """A send the store finds over a bound is refused naming the bound, fleet-wide."""
+        d = self.queues.put("agent-7", b"hi", 60)
+        self.shared.calls[-1][2].callback(
+            {"full": "--queue-max-messages", "held": 3, "expired": 0, "messages": 3, "bytes": 6}
+        )
+        error = self.failureResultOf(d, QueueFull).value
+        assert isinstance(error, QueueFull)
+        self.assertEqual(error.bound, "--queue-max-messages")
+        self.assertIn("holds 3 messages, the most --queue-max-messages 3 allows", error.message)
+        self.assertEqual(self.queues.refused, 1)
+
+    def test_elsewhere(self) -> None:
+        """A send for a client a node holds now is not queued: it says which node."""
+        d = self.queues.put("agent-7", b"hi", 60)
+        self.shared.calls[-1][2].callback({"elsewhere": "b"})
+        self.assertEqual(self.failureResultOf(d, QueueElsewhere).value.node, "b")
+
+    def test_handOver(self) -> None:
+        """A client that identifies gets its unexpired queued messages in order, before anything sent to it meanwhile."""
+        hub = makeHub(Clock(), 0)
+        hub.queues = self.queues
+        _, transport, _, _ = connect(hub=hub)
+        session = hub.sessions()[0]
+        self.assertEqual(self.shared.calls[-1][:2], ("take", (session.id,)))
+        session.sendBytes(b"meanwhile")
+        self.assertEqual(transport.value(), b"")
+        self.shared.calls[-1][2].callback(
+            (100.0, [(b"one", 1.0, 200.0), (b"old", 1.0, 50.0), (b"two", 2.0, 200.0)])
+        )
+        self.assertEqual(transport.value(), b"one\ntwo\nmeanwhile\n")
+        self.assertEqual((self.queues.delivered, self.queues.expired), (2, 1))
+
+    def test_goneBeforeWritten(self) -> None:
+        """A client gone before its queue came back from the store gets none of it, and it waits again, in order."""
+        session = FakeRecipient()
+        self.queues.deliver(session, lambda: False)
+        entries = [(b"one", 1.0, 200.0), (b"two", 2.0, 200.0)]
+        self.shared.calls[-1][2].callback((100.0, entries))
+        self.assertEqual(session.sent, [])
+        self.assertEqual(self.shared.calls[-1][:2], ("restore", (session.id, entries)))
+
+    def test_storeFails(self) -> None:
+        """A hand-over the store cannot answer takes nothing, and lets the client's other messages through."""
+        hub = makeHub(Clock(), 0)
+        hub.queues = self.queues
+        _, transport, _, _ = connect(hub=hub)
+        hub.sessions()[0].sendBytes(b"meanwhile")
+        self.shared.calls[-1][2].errback(BackplaneUnavailable("Redis did not answer within 1 s"))
+        self.assertEqual(transport.value(), b"meanwhile\n")
+
+    def test_listing(self) -> None:
+        """GET /queues lists what the store holds, with ages on Redis' clock."""
+        d = self.queues.listing()
+        self.shared.calls[-1][2].callback((110.0, [("b", 1, 2, 100.0), ("a", 2, 6, 105.5)]))
+        self.assertEqual(
+            self.successResultOf(d),
+            [
+                {"id": "a", "messages": 2, "bytes": 6, "oldestAgeSeconds": 4.5},
+                {"id": "b", "messages": 1, "bytes": 2, "oldestAgeSeconds": 10.0},
+            ],
+        )
+
+
+class FakeRecipient:
+    """
+    A session as a queue sees it: an id, a peer, and what it was sent.
+    """
+
+    id = "agent-7"
+
+    def __init__(self) -> None:
+        self.peer: Any = connect()[0]
+        self.sent: list[bytes] = []
+
+    def sendBytes(self, message: bytes) -> None:
+        self.sent.append(message)
+
+
+class EntryTests(SynchronousTestCase):
+    """
+    A queued message as Redis keeps it.
+    """
+
+    def test_roundTrip(self) -> None:
+        """An entry keeps its bytes (newlines too) and its times to the millisecond."""
+        entry = (b"two\nlines", 1795867200.125, 1795867260.5)
+        self.assertEqual(formatEntry(entry), b"1795867260500 1795867200125\ntwo\nlines")
+        self.assertEqual(parseEntry(formatEntry(entry)), entry)

@@ -6,7 +6,8 @@ The queues live in memory; a L{QueueStore} makes them durable (the SQLite
 one of L{tcpcomm.hub.queuestore}), and every store call returns a
 L{Deferred}, so that the store may work in a thread of its own. A message
 leaves the store (committed) before it is written to the connection:
-delivery is at most once, never twice.
+delivery is at most once, never twice. In a fleet, L{SharedQueues} keeps
+them in a L{SharedStore} (Redis) instead, where every node finds them.
 """
 
 from __future__ import annotations
