@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -296,3 +297,21 @@ class EntryTests(SynchronousTestCase):
         entry = (b"two\nlines", 1795867200.125, 1795867260.5)
         self.assertEqual(formatEntry(entry), b"1795867260500 1795867200125\ntwo\nlines")
         self.assertEqual(parseEntry(formatEntry(entry)), entry)
+
+
+class StopQuietTests(SynchronousTestCase):
+    """
+    A node that stops on purpose says nothing is wrong.
+    """
+
+    def test_noWarningWhenLeaving(self) -> None:
+        """The connections a stopping node closes itself are not logged as a degraded backplane (they were, twice per node)."""
+        backplane, _, publisher, subscriber = makeBackplane()
+        backplane.leave()
+        with capturedLogs() as logs:
+            backplane.publisherLost(publisher, Failure(Exception("Connection was closed cleanly.")))
+            backplane.subscriberLost(
+                subscriber, Failure(Exception("Connection was closed cleanly."))
+            )
+        self.assertEqual([e.get("event") for e in logs], [])
+        self.assertEqual(backplane.state()["state"], "degraded")

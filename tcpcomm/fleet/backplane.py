@@ -349,6 +349,9 @@ class Backplane:
         self.publisher: Any = None
         self.subscriber: Any = None
         self.subscribed = False
+        #: Whether this node is stopping (L{leave}): connections lost then are
+        #: not trouble.
+        self.leaving = False
         self._handlers: dict[str, KindHandler] = {}
         self._pending: dict[int, Deferred[dict[str, Any]]] = {}
         #: The replies gathered so far for each fleet-wide request (L{gather}).
@@ -675,6 +678,7 @@ class Backplane:
         second, or not at all (then they expire).
         """
         self.records.clear()  # those that end from now on are not unregistered one by one
+        self.leaving = True
 
         def failed(failure: Failure) -> None:
             failure.trap(BackplaneUnavailable)
@@ -709,6 +713,10 @@ class Backplane:
         Something went wrong with Redis: say so on C{/healthz} until the
         next probe comes back.
         """
+        if self.leaving:
+            # Its own stop closes the connections: nothing has gone wrong.
+            self.up, self.reason = False, "stopping"
+            return
         if self.up or reason != self.reason:
             log.warn(
                 "backplane degraded: {reason}",
