@@ -8,6 +8,7 @@ fleet's queues with their store stood in for.
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -17,7 +18,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tcpcomm.cli import showBroadcast
-from tcpcomm.fleet.backplane import NODES, encode
+from tcpcomm.control.admin import AdminResource, Outgoing, serverRoutes
+from tcpcomm.control.metrics import makeRegistry
+from tcpcomm.fleet.backplane import LOCATE, NODES, encode
 from tcpcomm.fleet.node import FleetNode
 from tcpcomm.fleet.queuestore import formatEntry, parseEntry
 from tcpcomm.fleet.settings import BackplaneUnavailable
@@ -26,6 +29,7 @@ from tcpcomm.hub.queues import QueueElsewhere, QueueFull, SharedEntry, SharedQue
 
 from .support import connect, hubOf, makeHub
 from .test_backplane import makeBackplane
+from .test_queues import answer, render
 
 
 class GatherTests(SynchronousTestCase):
@@ -315,3 +319,103 @@ class StopQuietTests(SynchronousTestCase):
             )
         self.assertEqual([e.get("event") for e in logs], [])
         self.assertEqual(backplane.state()["state"], "degraded")
+
+
+class FleetRouteTests(SynchronousTestCase):
+    """
+    The admin API's fleet broadcast and queued sends, in process, on a
+    backplane whose Redis the test answers.
+    """
+
+    def setUp(self) -> None:
+        self.backplane, self.clock, self.publisher, _ = makeBackplane()
+        self.hub = makeHub(self.clock, 0)
+        self.shared = ManualShared()
+        self.hub.queues = SharedQueues(self.clock, self.shared)
+        _, self.transport, _, _ = connect(hub=self.hub)
+        self.shared.calls.pop()[2].callback((0.0, []))  # its hand-over: nothing waited
+        routes = serverRoutes(
+            self.hub, Outgoing("utf-8", "line", 64), self.clock, None, self.backplane
+        )
+        self.resource = AdminResource(
+            routes, makeRegistry(self.hub), "server", None, 64, backplane=self.backplane
+        )
+        del self.publisher.commands[:], self.publisher.answers[:]
+
+    def answerRedis(self, reply: Any) -> tuple[Any, ...]:
+        """
+        Answer the last command sent to Redis with C{reply}; that command.
+        """
+        command = self.publisher.commands[-1]
+        self.publisher.answers[-1].callback(reply)
+        return command
+
+    def reply(self, node: str, fields: dict[str, Any]) -> None:
+        header = self.publisher.published()[-1][1]
+        self.backplane.received(encode("reply", node, {"to": header["rid"], "result": fields}))
+
+    def test_broadcast(self) -> None:
+        """POST /broadcast sends to this node's client at once, and answers with the sum of every node's count once they have all answered."""
+        request = render(self.resource, b"POST", b"/broadcast", b"to all")
+        self.assertEqual(self.transport.value(), b"to all\n")
+        self.assertEqual(self.answerRedis([b"a", b"b", b"c"])[1], NODES)
+        self.answerRedis(3)
+        self.reply("b", {"received": 4})
+        self.assertFalse(request.finished)
+        self.reply("c", {"received": 0})
+        self.assertEqual(
+            answer(request),
+            (200, {"received": 5, "nodes": {"a": 1, "b": 4, "c": 0}, "unanswered": []}),
+        )
+
+    def test_broadcastUnavailable(self) -> None:
+        """Without Redis, POST /broadcast is a 503 that says this node's clients got it."""
+        self.backplane.publisherLost(self.publisher, Failure(Exception("gone")))
+        request = render(self.resource, b"POST", b"/broadcast", b"to all")
+        status, body = answer(request)
+        self.assertEqual(status, 503)
+        self.assertIn("1 client(s) of this node got it", body["error"])
+        self.assertEqual(self.transport.value(), b"to all\n")
+
+    def test_queuedForAbsent(self) -> None:
+        """A send with a ttl to a client no node holds is queued in the shared store: 202 with its position."""
+        request = render(self.resource, b"POST", b"/clients/agent-7/messages?ttl=60", b"hi")
+        self.assertEqual(self.answerRedis(None)[1], LOCATE)
+        name, args, d = self.shared.calls[-1]
+        self.assertEqual((name, args[:3]), ("put", ("agent-7", b"hi", 60.0)))
+        d.callback({"queued": 1, "expired": 0, "messages": 1, "bytes": 2})
+        self.assertEqual(answer(request), (202, {"id": "agent-7", "queued": True, "position": 1}))
+
+    def test_queuedButArrived(self) -> None:
+        """A client that a node registered between the look-up and the queueing is sent the message on that node instead (200)."""
+        request = render(self.resource, b"POST", b"/clients/agent-7/messages?ttl=60", b"hi")
+        self.answerRedis(None)
+        self.shared.calls[-1][2].callback({"elsewhere": "b"})
+        record = {"id": "agent-7", "node": "b", "peer": "127.0.0.1:9", "since": 1.0, "uid": "b#1"}
+        self.assertEqual(self.answerRedis(json.dumps(record).encode())[1], LOCATE)
+        channel, header, body = self.publisher.published()[-1]
+        self.assertEqual((channel, header["kind"], body), (b"p:to:b", "deliver", b"hi"))
+        self.answerRedis(1)
+        self.reply("b", {"sent": 1})
+        self.assertEqual(answer(request), (200, {"id": "agent-7", "node": "b", "sent": 1}))
+
+    def test_queueBackplaneDown(self) -> None:
+        """A queued send the store cannot answer is a 503, not an internal error."""
+        request = render(self.resource, b"POST", b"/clients/agent-7/messages?ttl=60", b"hi")
+        self.answerRedis(None)
+        self.shared.calls[-1][2].errback(BackplaneUnavailable("Redis did not answer within 1 s"))
+        status, body = answer(request)
+        self.assertEqual(status, 503, body)
+        self.assertIn("Redis did not answer", body["error"])
+
+    def test_listQueues(self) -> None:
+        """GET /queues lists the fleet's queues from the shared store."""
+        request = render(self.resource, b"GET", b"/queues")
+        self.shared.calls[-1][2].callback((10.0, [("agent-7", 2, 4, 9.0)]))
+        self.assertEqual(
+            answer(request),
+            (
+                200,
+                {"queues": [{"id": "agent-7", "messages": 2, "bytes": 4, "oldestAgeSeconds": 1.0}]},
+            ),
+        )
