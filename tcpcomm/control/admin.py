@@ -1016,8 +1016,8 @@ def serverRoutes(
                 {
                     "200": jsonResponse("Sent.", simpleObject(id="string", sent="integer")),
                     "202": jsonResponse(
-                        "The client is away: queued (and stored, with --queue-dir); "
-                        "position 1 is delivered first.",
+                        "The client is away: queued (and stored, with --queue-dir; in Redis, "
+                        "for the whole fleet, with --backplane); position 1 is delivered first.",
                         allRequired(
                             {
                                 "id": {"type": "string"},
@@ -1051,8 +1051,10 @@ def serverRoutes(
             listQueues,
             Doc(
                 "listQueues",
-                "The messages waiting for clients that are away.",
+                "The messages waiting for clients that are away (of the whole fleet, kept in "
+                "Redis, with --backplane).",
                 {
+                    "503": error("With --backplane: Redis could not say."),
                     "200": jsonResponse(
                         "Each client id with messages waiting.",
                         allRequired(
@@ -1070,7 +1072,7 @@ def serverRoutes(
                                 }
                             }
                         ),
-                    )
+                    ),
                 },
             ),
         ),
