@@ -255,13 +255,20 @@ class SharedQueuesTests(SynchronousTestCase):
         self.assertEqual(self.shared.calls[-1][:2], ("restore", (session.id, entries)))
 
     def test_storeFails(self) -> None:
-        """A hand-over the store cannot answer takes nothing, and lets the client's other messages through."""
+        """A hand-over the store cannot answer takes nothing, lets the client's other messages through, and is logged once for many."""
         hub = makeHub(Clock(), 0)
         hub.queues = self.queues
         _, transport, _, _ = connect(hub=hub)
-        hub.sessions()[0].sendBytes(b"meanwhile")
-        self.shared.calls[-1][2].errback(BackplaneUnavailable("Redis did not answer within 1 s"))
+        _, other, _, _ = connect(hub=hub, port=40001)
+        for session in hub.sessions():
+            session.sendBytes(b"meanwhile")
+        with capturedLogs() as logs:
+            for _, _, d in self.shared.calls:
+                d.errback(BackplaneUnavailable("Redis did not answer within 1 s"))
         self.assertEqual(transport.value(), b"meanwhile\n")
+        self.assertEqual(other.value(), b"meanwhile\n")
+        # One line for a storm of them (every client, while Redis is away).
+        self.assertEqual([e["event"] for e in logs], ["queue-handover-failed"])
 
     def test_listing(self) -> None:
         """GET /queues lists what the store holds, with ages on Redis' clock."""

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcpcomm.interfaces import IPeer
+from tcpcomm.logs import RateLimiter
 
 log = Logger()
 
@@ -545,6 +546,11 @@ class SharedQueues(Queues):
     ) -> None:
         super().__init__(clock, None, maxMessages, maxBytes, totalBytes)
         self.shared = shared
+        #: While Redis is away every client that identifies fails its
+        #: hand-over: one line per 10 s says so.
+        self.handOverLines = RateLimiter(
+            "queue-handover-failed", "failed queue hand-overs", clock, keyName="server"
+        )
 
     def _seen(self, answer: dict[str, Any]) -> None:
         self.expired += answer["expired"]
@@ -651,6 +657,9 @@ class SharedQueues(Queues):
 
         def failed(failure: Failure) -> None:
             # Nothing was taken: it waits for the next connection.
+            if not self.handOverLines.allow(None):
+                self._release(session, held)
+                return
             log.warn(
                 "could not hand over the queue of {peer}: {reason}",
                 event="queue-handover-failed",
