@@ -124,10 +124,11 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual((channel, header["to"], header["result"]), (b"p:to:b", 4, {"received": 2}))
 
     def test_ownIgnored(self) -> None:
-        """This node's own broadcast, coming back on the fleet channel, is not sent again, nor answered."""
+        """This node's own broadcast, coming back on the fleet channel, is not sent again, answered or counted."""
         self.backplane.received(encode("broadcast", "a", {"rid": 4}, b"mine"))
         self.assertEqual(self.firstTransport.value() + self.secondTransport.value(), b"")
         self.assertEqual(self.publisher.published(), [])
+        self.assertEqual(self.backplane.messagesIn, 0)  # nor counted as a cross-node message
 
     def test_relayFailsQuietly(self) -> None:
         """Without Redis, a handler's broadcast still reaches this node's clients, and nothing fails."""

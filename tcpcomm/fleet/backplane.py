@@ -509,7 +509,8 @@ class Backplane:
             )
             return
         kind = header["kind"]
-        if kind not in ("reply", "probe"):
+        if kind not in ("reply", "probe") and header.get("from") != self.node:
+            # Not its own, back from the fleet channel: those are not cross-node.
             self.messagesIn += 1
         handler = self._handlers.get(kind)
         if handler is None:
