@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from .processes import RedisServer, assertCleanLog
 from .test_backplane_endtoend import Client, Node, numbered, waitUntil
+from .test_cli import tcpcomm
 
 
 def send(node: Node, clientId: str, text: str, ttl: float) -> tuple[int, Any]:
@@ -41,15 +42,21 @@ class FleetBroadcastTests(SynchronousTestCase):
             waitUntil(partial(lambda n: len(n.clients()) == 30, node), f"{node.name} sees 30")
 
     def test_everyClientOnce(self) -> None:
-        """A broadcast through node a reaches each of 30 clients over three nodes exactly once, and its answer sums every node's count."""
+        """A broadcast through node a (and one with tcpcomm broadcast through node c) reaches each of 30 clients over three nodes exactly once, and its answer sums every node's count."""
         a = self.nodes[0]
         status, answer = a.call("POST", "/broadcast", b"all-1")
         self.assertEqual(
             (status, answer),
             (200, {"received": 30, "nodes": {"a": 10, "b": 10, "c": 10}, "unanswered": []}),
         )
-        status, answer = self.nodes[2].call("POST", "/broadcast", b"all-2")
-        self.assertEqual((status, answer["received"]), (200, 30))
+        result = tcpcomm(
+            self, "--admin", f"http://127.0.0.1:{self.nodes[2].admin}", "broadcast", "all-2"
+        )
+        self.assertEqual(
+            (result.returncode, result.stdout),
+            (0, "sent to 30 clients on 3 nodes\n"),
+            result.stderr,
+        )
         for client in self.clients:
             self.assertEqual(client.lines(2, marked), [b"all-1", b"all-2"])
         # Nothing more came: a third line would be a duplicate.
