@@ -36,7 +36,9 @@ class FleetBroadcastTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.redis = RedisServer(self)
-        self.nodes = [Node(self, self.redis, n, "--client-id", "hello") for n in "abc"]
+        # A long TTL: a node stopped with SIGSTOP stays in the fleet (and owes
+        # an answer) however slow the machine.
+        self.nodes = [Node(self, self.redis, n, "--client-id", "hello", ttl=30) for n in "abc"]
         self.clients = [Client(self, self.nodes[i % 3], f"agent-{i}") for i in range(30)]
         for node in self.nodes:
             waitUntil(partial(lambda n: len(n.clients()) == 30, node), f"{node.name} sees 30")
