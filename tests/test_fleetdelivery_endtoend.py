@@ -169,3 +169,23 @@ class FleetQueueTests(SynchronousTestCase):
         )
         client = Client(self, self.b, "agent-e")
         self.assertEqual(client.lines(1, numbered), [b"n-new"])
+
+
+class FleetTotalBoundTests(SynchronousTestCase):
+    """
+    --queue-total-bytes over the fleet's queues together.
+    """
+
+    def test_totalFleetWide(self) -> None:
+        """Messages queued through one node count against the total of a send through the other (507); once they expire, they make room again."""
+        redis = RedisServer(self)
+        a, b = (
+            Node(self, redis, n, "--client-id", "hello", "--queue-total-bytes", "8") for n in "ab"
+        )
+        self.assertEqual(send(a, "agent-x", "n-1xx", ttl=2)[0], 202)
+        status, answer = send(b, "agent-y", "n-2yy", ttl=60)
+        self.assertEqual(status, 507, answer)
+        self.assertIn("--queue-total-bytes 8", answer["error"])
+        waitUntil(lambda: send(b, "agent-y", "n-2yy", ttl=60)[0] == 202, "room again")
+        status, listed = a.call("GET", "/queues")
+        self.assertEqual([q["id"] for q in listed["queues"]], ["agent-y"])
