@@ -143,6 +143,7 @@ class FleetQueueTests(SynchronousTestCase):
         client.sock.close()
         waitUntil(lambda: "agent-q" not in self.a.clients(), "agent-q gone")
         again = Client(self, self.a, "agent-q")
+        waitUntil(lambda: "agent-q" in self.a.clients(local=True), "agent-q on a")
         self.assertEqual(send(self.a, "agent-q", "n-4", ttl=60)[0], 200)
         self.assertEqual(again.lines(1, numbered), [b"n-4"])  # n-0..n-3 not again
         for node in (self.a, self.b):
