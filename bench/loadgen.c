@@ -43,6 +43,8 @@
  * server that names its clients (--client-id hello); with --expect-first
  * LINE each connection must then receive LINE (and its newline) before the
  * replies to what it sends (a message queued for it).
+ * --port2 P (broadcast) connects every other receiver to a second server
+ * on port P (another node of a fleet), the sender staying on --port.
  * Every phase is bounded by --time-limit.
  */
 #define _GNU_SOURCE
@@ -100,6 +102,7 @@ struct conn {
 static struct {
 	enum mode mode;
 	int port;
+	int port2;
 	int conns;
 	int size;
 	int burst;
@@ -134,6 +137,7 @@ static int ep;
 static struct conn *cs;
 static int nconns; /* cs[0 .. nconns-1]; broadcast adds the sender last */
 static struct sockaddr_in server;
+static struct sockaddr_in server2; /* --port2's */
 static unsigned char *rxbuf;
 static unsigned char floodBuf[FLOODBUF];
 
@@ -367,7 +371,9 @@ static void startConnect(struct conn *c)
 	c->lineLen = 0;
 	struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.u32 = (uint32_t)id};
 	epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
-	if (connect(fd, (struct sockaddr *)&server, sizeof server) < 0 && errno != EINPROGRESS)
+	/* --port2: every other receiver of a broadcast, on a second server. */
+	struct sockaddr_in *to = opt.port2 > 0 && id < opt.conns && id % 2 ? &server2 : &server;
+	if (connect(fd, (struct sockaddr *)to, sizeof *to) < 0 && errno != EINPROGRESS)
 		connectFailed(c, errno);
 }
 
@@ -1031,7 +1037,7 @@ static void usage(void)
 		"  [--size BYTES] [--burst N] [--duration S] [--warmup S] [--count N]\n"
 		"  [--open-concurrency N] [--retry-initial S] [--retry-max S] [--time-limit S]\n"
 		"  [--seed N] [--sources N] [--flood N] [--server-pid PID] [--hello PREFIX]\n"
-		"  [--expect-first LINE] [--heartbeats 0|1]\n");
+		"  [--expect-first LINE] [--heartbeats 0|1] [--port2 P]\n");
 	exit(2);
 }
 
@@ -1058,6 +1064,8 @@ int main(int argc, char **argv)
 		const char *k = argv[i], *v = argv[i + 1];
 		if (!strcmp(k, "--port"))
 			opt.port = atoi(v);
+		else if (!strcmp(k, "--port2"))
+			opt.port2 = atoi(v);
 		else if (!strcmp(k, "--conns"))
 			opt.conns = atoi(v);
 		else if (!strcmp(k, "--size"))
@@ -1099,13 +1107,16 @@ int main(int argc, char **argv)
 	}
 	if (opt.port <= 0 || opt.conns < 1 || opt.size < 16 || opt.size > 65536 || opt.burst < 1 ||
 	    (opt.mode == BROADCAST && opt.size > 63) || opt.sources < 0 || opt.sources > 250 ||
-	    opt.flood < 0 || (opt.flood && opt.mode != RR) || (opt.heartbeats && opt.mode != IDLE))
+	    opt.flood < 0 || (opt.flood && opt.mode != RR) || (opt.heartbeats && opt.mode != IDLE) ||
+	    opt.port2 < 0 || (opt.port2 && opt.mode != BROADCAST))
 		usage();
 	memset(floodBuf, '\n', sizeof floodBuf);
 	srand(opt.seed);
 	server.sin_family = AF_INET;
 	server.sin_port = htons((uint16_t)opt.port);
 	server.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	server2 = server;
+	server2.sin_port = htons((uint16_t)opt.port2);
 
 	ep = epoll_create1(EPOLL_CLOEXEC);
 	rxbuf = malloc(RXBUF);

@@ -809,6 +809,7 @@ class Settings:
     warmup: float
     big: int
     broadcasts: int
+    fleetSends: int = 2000  # the fleetsend row's sends to each client
     hold: HoldPlan | None = None
     pipelineConns: int = 16
     burst: int = 64
@@ -1289,6 +1290,165 @@ def runStorm(kind: ServerKind, ctx: Context) -> dict[str, Any]:
     return out
 
 
+# The fleet rows: two tcpcomm nodes on one redis-server (--backplane), all
+# three pinned to the server CPU.
+
+
+@contextmanager
+def fleet(
+    kind: ServerKind, ctx: Context, handler: str, extra: tuple[str, ...] = ()
+) -> Iterator[tuple[Server, Server, int]]:
+    """
+    A redis-server of the run's own (no persistence) and nodes C{a} and
+    C{b} on it, C{a} with an admin API (its port is the third item);
+    stopped whatever happens.
+    """
+    redisServer = shutil.which("redis-server")
+    if redisServer is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    redisPort = freePort()
+    redis = start(
+        ["taskset", "-c", SERVER_CPU, redisServer, "--port", str(redisPort)]
+        + ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", ctx.scratch],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    nodes: list[Server] = []
+    try:
+        deadline = time.monotonic() + WAIT
+        while not listening(redisPort):
+            if redis.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.01)
+        adminPort = freePort()
+        limit = ctx.settings.big + CONNECTION_MARGIN
+        url = f"redis://127.0.0.1:{redisPort}/0"
+        for name, admin in (("a", (f"--admin=tcp:{adminPort}:interface=127.0.0.1",)), ("b", ())):
+            options = ("--backplane", url, "--node-name", name, *admin, *extra)
+            nodes.append(Server(kind, handler, ctx.scratch, limit, None, options))
+        for node in nodes:
+            waitForLog(node, b"backplane up")
+        yield nodes[0], nodes[1], adminPort
+    finally:
+        for node in nodes:
+            node.finish()
+        stop(redis)
+
+
+def waitForLog(server: Server, text: bytes) -> None:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        for path in server.logFiles():
+            with open(path, "rb") as f:
+                if text in f.read():
+                    return
+        time.sleep(0.02)
+    raise RuntimeError(f"{server.kind.name}: no {text!r} in its log within {WAIT} s")
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def runFleetSend(kind: ServerKind, ctx: Context) -> dict[str, Any]:
+    """
+    Sequential sends through node a's admin API (one kept-alive HTTP
+    connection) to a named client of a, then to one of b: each timed from
+    the request to the answer, which for b's comes once b confirmed the
+    write through Redis. Every message must arrive.
+    """
+    import http.client
+
+    count = ctx.settings.fleetSends
+    with fleet(kind, ctx, "echo", ("--client-id", "hello")) as (a, b, adminPort):
+        sockets = {}
+        for name, node in (("agent-a", a), ("agent-b", b)):
+            sock = socket.create_connection(("127.0.0.1", node.port), timeout=WAIT)
+            sock.sendall(f"hello {name}\n".encode())
+            sockets[name] = sock
+        try:
+            deadline = time.monotonic() + WAIT
+            while len(adminJSON(adminPort, "/clients")) < 2:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the fleet does not list both clients")
+                time.sleep(0.05)
+            connection = http.client.HTTPConnection("127.0.0.1", adminPort, timeout=30)
+            latencies: dict[str, list[float]] = {}
+            errors = 0
+            try:
+                for name in sockets:
+                    times = latencies[name] = []
+                    for n in range(count):
+                        sent = time.monotonic()
+                        connection.request("POST", f"/clients/{name}/messages", b"m%d" % n)
+                        answer = connection.getresponse()
+                        answer.read()
+                        times.append(time.monotonic() - sent)
+                        errors += answer.status != 200
+            finally:
+                connection.close()
+            unanswered = 0
+            for sock in sockets.values():
+                got = b""
+                sock.settimeout(WAIT)
+                while got.count(b"\n") < count:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    got += chunk
+                unanswered += count - got.count(b"\n")
+        finally:
+            for sock in sockets.values():
+                sock.close()
+    out: dict[str, Any] = {
+        "errors": errors + a.problems + b.problems,
+        "unanswered": unanswered,
+        "loadgen_cpu": 0.0,
+        "cpu_us_per_msg": None,
+    }
+    for label, name in (("same", "agent-a"), ("cross", "agent-b")):
+        out[f"{label}_p50_us"] = round(percentile(latencies[name], 0.5) * 1e6, 1)
+        out[f"{label}_p99_us"] = round(percentile(latencies[name], 0.99) * 1e6, 1)
+    firstProblem = a.firstProblem or b.firstProblem
+    if firstProblem:
+        out["server_log"] = firstProblem
+    return out
+
+
+def runFleetBroadcast(kind: ServerKind, ctx: Context) -> dict[str, Any]:
+    """
+    The broadcast row over two nodes: the load generator's receivers split
+    between a and b, its sender on a; the broadcast handler relays each
+    message to b through Redis. Timed until the last receiver has it.
+    """
+    s = ctx.settings
+    with fleet(kind, ctx, "broadcast") as (a, b, _):
+        cpu0 = cpuSeconds(a.pid) + cpuSeconds(b.pid)
+        result = loadOnce(
+            ctx,
+            "broadcast",
+            a.port,
+            200,
+            port2=b.port,
+            conns=s.big,
+            count=s.broadcasts,
+            time_limit=180,
+        )
+        cpu = cpuSeconds(a.pid) + cpuSeconds(b.pid) - cpu0
+    delivered = len(result["times"]) * s.big
+    out = measured(result, a, cpu, sum(result["times"]) or 1.0, delivered)
+    out["errors"] += b.problems
+    # Both nodes' CPU, over opening and warming up too: not per message.
+    out["cpu_us_per_msg"] = None
+    del out["server_cpu"]
+    out["unanswered"] = s.broadcasts - len(result["times"])
+    out["last_ms"] = [round(t * 1000, 2) for t in result["times"]]
+    out["first_ms"] = [round(t * 1000, 3) for t in result["first"]]
+    return out
+
+
 RR_METRICS = [
     ("rate", "round trips/s", "/s"),
     ("p50_us", "p50 latency", "µs"),
@@ -1389,6 +1549,28 @@ def workloads() -> list[Workload]:
             [("last_ms", "until the last client has it", "ms")],
             runBroadcast,
             big=True,
+        ),
+        Workload(
+            "fleetsend",
+            "fleet: sends through node a's admin API, {fleetSends:,} to a's client, then to b's",
+            [
+                ("same_p50_us", "p50, client on a (same node)", "µs"),
+                ("same_p99_us", "p99, client on a (same node)", "µs"),
+                ("cross_p50_us", "p50, client on b (through Redis)", "µs"),
+                ("cross_p99_us", "p99, client on b (through Redis)", "µs"),
+            ],
+            runFleetSend,
+            tcpcommOnly=True,
+            profilable=False,
+        ),
+        Workload(
+            "fleetcast",
+            "fleet: broadcast to {big:,} over 2 nodes",
+            [("last_ms", "until the last client has it", "ms")],
+            runFleetBroadcast,
+            big=True,
+            tcpcommOnly=True,
+            profilable=False,
         ),
         Workload(
             "storm",
@@ -1870,7 +2052,9 @@ def main() -> int:
         return 0
 
     settings = (
-        Settings(reps=2, bigReps=1, duration=1.0, warmup=0.3, big=2000, broadcasts=3)
+        Settings(
+            reps=2, bigReps=1, duration=1.0, warmup=0.3, big=2000, broadcasts=3, fleetSends=500
+        )
         if args.quick
         else Settings(reps=5, bigReps=3, duration=3.0, warmup=0.5, big=10000, broadcasts=5)
     )
@@ -1992,14 +2176,16 @@ def main() -> int:
             metrics = [*w.metrics, CPU_METRIC]
             entry: dict[str, Any] = {
                 "key": w.key,
-                "title": w.title.format(big=settings.big, hold=plan.count if plan else 0),
+                "title": w.title.format(
+                    big=settings.big, hold=plan.count if plan else 0, fleetSends=settings.fleetSends
+                ),
                 "metrics": metrics,
                 "throughput": w.throughput,
                 "servers": {},
             }
             report["workloads"].append(entry)
             reps = settings.bigReps if w.big else settings.reps
-            if w.key == "broadcast":
+            if w.key in ("broadcast", "fleetcast"):
                 reps = 1  # one connection set; the repetitions are its broadcasts
             for rep in range(reps):
                 # Rotate the order, so that no server always goes first.

@@ -429,8 +429,19 @@ def age(seconds: float) -> str:
 
 
 def showBroadcast(answer: dict[str, Any], args: argparse.Namespace) -> str:
+    """
+    C{POST /broadcast}: how many got it; in a fleet, on how many nodes, and
+    which did not answer.
+    """
     count = answer["received"]
-    return f"sent to {count} client{'' if count == 1 else 's'}"
+    text = f"sent to {count} client{'' if count == 1 else 's'}"
+    nodes = answer.get("nodes")
+    if nodes is not None:
+        text += f" on {len(nodes)} node{'' if len(nodes) == 1 else 's'}"
+    unanswered = answer.get("unanswered")
+    if unanswered:
+        text += f"; no answer from {', '.join(unanswered)} (their clients may not have it)"
+    return text
 
 
 def showKicked(answer: dict[str, Any], args: argparse.Namespace) -> str:

@@ -199,13 +199,21 @@ class IHub(Interface):
 
     def broadcast(text: str, exclude: ISession | None = None) -> int:
         """
-        Send C{text} to every session but C{exclude}; return how many got it.
+        Send C{text} to every session but C{exclude}, of every node of the
+        fleet (C{--backplane}); return how many of this node's got it.
         """
 
     def broadcastBytes(message: bytes, exclude: ISession | None = None) -> int:
         """
-        Send an encoded message to every session but C{exclude}, framed once
-        for all; return how many got it.
+        Send an encoded message to every session but C{exclude}, of every
+        node of the fleet, framed once for all; return how many of this
+        node's got it.
+        """
+
+    def broadcastHere(message: bytes, exclude: ISession | None = None) -> int:
+        """
+        Send an encoded message to every session of this node only but
+        C{exclude}; return how many got it.
         """
 
 
@@ -250,4 +258,10 @@ class IFleet(Interface):
     def left(session: ISession) -> None:
         """
         C{session} is gone.
+        """
+
+    def broadcast(message: bytes) -> None:
+        """
+        Relay an encoded message, which this node's sessions were sent
+        already, to the sessions of every other node.
         """

@@ -29,7 +29,7 @@ from tcpcomm.control.metrics import makeRegistry
 from tcpcomm.drain import Drain
 from tcpcomm.hub.hub import Hub
 from tcpcomm.hub.identity import HelloIdentity, tlsIdentity
-from tcpcomm.hub.queues import Queues, QueueService
+from tcpcomm.hub.queues import Queues, QueueService, SharedQueues
 from tcpcomm.logs import loggedByTcpcomm
 from tcpcomm.messagelog import MessageLog
 from tcpcomm.options import ClientOptions, Options, ServerOptions
@@ -207,14 +207,14 @@ def makeServer(
         options["shutdown-timeout"],
         adminConnections(options),
     )
-    hub.queues = makeQueues(options, reactor)
-    QueueService(hub.queues).setServiceParent(top)
     drain = Drain(hub.registry, top.listeners, reactor, options["drain-period"], reactor.stop)
     drain.setServiceParent(top)
     reloader.add(
         Live("drain period", lambda o: o["drain-period"], partial(setattr, drain, "period"))
     )
     backplane = addBackplane(top, options, hub, reactor)
+    hub.queues = makeQueues(options, reactor, backplane)
+    QueueService(hub.queues).setServiceParent(top)
     addAdmin(top, options, hub, reactor, reloader, drain=drain, backplane=backplane)
     addReloadService(top, reloader, reactor)
     return top
@@ -246,11 +246,21 @@ def addBackplane(
     return backplane
 
 
-def makeQueues(options: ServerOptions, reactor: Any) -> Queues:
+def makeQueues(options: ServerOptions, reactor: Any, backplane: Backplane | None = None) -> Queues:
     """
-    The messages that wait for clients that are away: in the SQLite file of
-    C{--queue-dir}, or in memory.
+    The messages that wait for clients that are away: in the fleet's Redis
+    with a C{backplane}, in the SQLite file of C{--queue-dir}, or in memory.
     """
+    if backplane is not None:
+        from tcpcomm.fleet.queuestore import RedisQueueStore
+
+        return SharedQueues(
+            reactor,
+            RedisQueueStore(backplane),
+            options["queue-max-messages"],
+            options["queue-max-bytes"],
+            options["queue-total-bytes"],
+        )
     store = None
     if options["queue-database"] is not None:
         from tcpcomm.hub.queuestore import SQLiteStore

@@ -74,7 +74,7 @@ from tcpcomm.control.openapi import (
 from tcpcomm.drain import Drain
 from tcpcomm.fleet.settings import BackplaneUnavailable
 from tcpcomm.hub.hub import Hub
-from tcpcomm.hub.queues import QueueFull, Queues, QueueUnavailable
+from tcpcomm.hub.queues import QueueElsewhere, QueueFull, Queues, QueueUnavailable
 from tcpcomm.interfaces import ISession
 from tcpcomm.wire.address import addressText
 
@@ -773,10 +773,12 @@ def serverRoutes(
         log.info("admin: sent a message to {peer}", event="admin-send", peer=target.id)
         return 200, {"id": target.id, "sent": 1}
 
-    def sendAcross(given: str, message: bytes, ttl: float | None) -> Any:
+    def sendAcross(given: str, message: bytes, ttl: float | None, tries: int = 2) -> Any:
         """
         A send in a fleet: to this node's client at once, else to the node
-        that holds it, which confirms the write (or not) within a second.
+        that holds it, which confirms the write (or not) within a second;
+        with C{ttl}, queued in Redis for a client no node holds (and sent
+        to the node that does, when one got it meanwhile: C{tries} times).
         """
         assert fleet is not None
         _, clientId, here = where(given)
@@ -786,10 +788,16 @@ def serverRoutes(
             return 200, {"id": given, "node": fleet.node, "sent": 1}
 
         def absent() -> Any:
-            # Queues stay on the node that was asked, for now.
             if ttl is not None and hub.queues is not None:
-                return queue(hub.queues, clientId, message, ttl)
+                return queue(hub.queues, clientId, message, ttl).addErrback(elsewhere)
             raise APIError(404, f"no client {given!r} is connected to any node")
+
+        def elsewhere(failure: Failure) -> Any:
+            # A node got the client since it was looked for: send it there.
+            failure.trap(QueueElsewhere)
+            if tries <= 1:
+                raise APIError(503, f"the client {given!r} came and went while it was queued")
+            return sendAcross(given, message, ttl, tries - 1)
 
         found = remote(given)
         if found is None:
@@ -833,6 +841,8 @@ def serverRoutes(
         def refused(failure: Failure) -> None:
             if failure.check(QueueUnavailable):
                 raise APIError(503, str(failure.value))
+            if failure.check(BackplaneUnavailable):
+                _unavailable(failure)
             failure.trap(QueueFull)
             error = failure.value
             assert isinstance(error, QueueFull)
@@ -850,14 +860,50 @@ def serverRoutes(
         queues = hub.queues
         if queues is None:
             return 200, {"queues": []}
-        # After a restart with --queue-dir, not before the stored queues are read.
-        return queues.loaded().addCallback(lambda _: (200, {"queues": queues.summary()}))
+        # After a restart with --queue-dir, not before the stored queues are read;
+        # with --backplane, the fleet's, from Redis.
+        return queues.listing().addCallbacks(lambda listed: (200, {"queues": listed}), _unavailable)
 
-    def broadcast(request: Request, params: list[str]) -> tuple[int, Any]:
+    def broadcast(request: Request, params: list[str]) -> Any:
         message = outgoing.fromBody(_body(request))
-        count = hub.broadcastBytes(message)
-        log.info("admin: broadcast to {count} client(s)", event="admin-broadcast", count=count)
-        return 200, {"received": count}
+        count = hub.broadcastHere(message)
+        if fleet is None:
+            log.info("admin: broadcast to {count} client(s)", event="admin-broadcast", count=count)
+            return 200, {"received": count}
+        return broadcastAcross(message, count)
+
+    def broadcastAcross(message: bytes, here: int) -> Deferred[Any]:
+        """
+        A broadcast in a fleet, sent to this node's C{here} clients already:
+        to every other node's, which report how many got it within a second.
+        """
+        assert fleet is not None
+
+        def gathered(result: tuple[dict[str, dict[str, Any]], list[str]]) -> tuple[int, Any]:
+            replies, unanswered = result
+            nodes = {fleet.node: here}
+            for node, reply in sorted(replies.items()):
+                received = reply.get("received")
+                nodes[node] = received if isinstance(received, int) else 0
+            total = sum(nodes.values())
+            log.info(
+                "admin: broadcast to {count} client(s) of {answered} node(s)",
+                event="admin-broadcast",
+                count=total,
+                answered=len(nodes),
+                unanswered=unanswered,
+            )
+            return 200, {"received": total, "nodes": nodes, "unanswered": unanswered}
+
+        def failed(failure: Failure) -> None:
+            failure.trap(BackplaneUnavailable)
+            raise APIError(
+                503,
+                f"the backplane could not say: {failure.getErrorMessage()} ({here} client(s) "
+                "of this node got it; the other nodes' may or may not have)",
+            )
+
+        return fleet.gather("broadcast", {}, message).addCallbacks(gathered, failed)
 
     def disconnect(request: Request, params: list[str]) -> Any:
         if fleet is None:
@@ -970,8 +1016,8 @@ def serverRoutes(
                 {
                     "200": jsonResponse("Sent.", simpleObject(id="string", sent="integer")),
                     "202": jsonResponse(
-                        "The client is away: queued (and stored, with --queue-dir); "
-                        "position 1 is delivered first.",
+                        "The client is away: queued (and stored, with --queue-dir; in Redis, "
+                        "for the whole fleet, with --backplane); position 1 is delivered first.",
                         allRequired(
                             {
                                 "id": {"type": "string"},
@@ -1005,8 +1051,10 @@ def serverRoutes(
             listQueues,
             Doc(
                 "listQueues",
-                "The messages waiting for clients that are away.",
+                "The messages waiting for clients that are away (of the whole fleet, kept in "
+                "Redis, with --backplane).",
                 {
+                    "503": error("With --backplane: Redis could not say."),
                     "200": jsonResponse(
                         "Each client id with messages waiting.",
                         allRequired(
@@ -1024,7 +1072,7 @@ def serverRoutes(
                                 }
                             }
                         ),
-                    )
+                    ),
                 },
             ),
         ),
@@ -1046,11 +1094,30 @@ def serverRoutes(
             broadcast,
             Doc(
                 "broadcast",
-                "Send one message to every client.",
+                "Send one message to every client (of every node, with --backplane: each "
+                "client once at most).",
                 {
                     "200": jsonResponse(
-                        "Sent; how many clients got it.",
-                        allRequired({"received": {"type": "integer", "minimum": 0}}),
+                        "Sent; how many clients got it. With --backplane: the sum of what "
+                        "the nodes reported within a second, the count of each node that "
+                        "did, and the live nodes that did not answer (their clients may or "
+                        "may not have it).",
+                        {
+                            "type": "object",
+                            "required": ["received"],
+                            "properties": {
+                                "received": {"type": "integer", "minimum": 0},
+                                "nodes": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "integer", "minimum": 0},
+                                },
+                                "unanswered": {"type": "array", "items": {"type": "string"}},
+                            },
+                        },
+                    ),
+                    "503": error(
+                        "With --backplane: Redis could not say which nodes there are, or "
+                        "took no publish; this node's clients got it, the others' may not."
                     ),
                     **SEND_ERRORS,
                 },

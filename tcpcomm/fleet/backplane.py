@@ -25,10 +25,11 @@ A message on a channel is a JSON header (its C{kind}, the C{from} node,
 the C{rid} of a request that wants a reply, and the kind's own fields), a
 newline, and a body of bytes. To add a kind, register what a node does
 with it (L{Backplane.handle}), and send it with L{Backplane.publish},
-L{Backplane.publishFleet} or, for an answer, L{Backplane.request}::
+L{Backplane.publishFleet} or, for an answer, L{Backplane.request} (one
+node's) or L{Backplane.gather} (every other node's)::
 
-    backplane.handle("broadcast", lambda header, body: {"received": hub.broadcastBytes(body)})
-    backplane.publishFleet("broadcast", {}, message)
+    backplane.handle("shout", lambda header, body: {"received": hub.broadcastHere(body)})
+    backplane.gather("shout", {}, message)
 """
 
 from __future__ import annotations
@@ -229,6 +230,34 @@ class Latency:
             yield ("+Inf" if bound == math.inf else repr(bound)), total
 
 
+class _Gathering:
+    """
+    The replies to one fleet-wide request (L{Backplane.gather}), by node,
+    and the nodes alive when it was sent, which it waits for.
+    """
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.expected: list[str] | None = None
+        self.replies: dict[str, dict[str, Any]] = {}
+        self.complete: Callable[[], None] = lambda: None
+
+    def expect(self, names: list[str]) -> None:
+        self.expected = [n for n in names if n != self.node]
+
+    def add(self, node: str, fields: dict[str, Any]) -> None:
+        if node != self.node:
+            self.replies[node] = fields
+            self.check()
+
+    def missing(self) -> list[str]:
+        return [n for n in self.expected or () if n not in self.replies]
+
+    def check(self) -> None:
+        if self.expected is not None and not self.missing():
+            self.complete()
+
+
 class _Factory(protocol.Factory):
     """
     What txredisapi's protocols expect of their factory, for connections
@@ -320,8 +349,13 @@ class Backplane:
         self.publisher: Any = None
         self.subscriber: Any = None
         self.subscribed = False
+        #: Whether this node is stopping (L{leave}): connections lost then are
+        #: not trouble.
+        self.leaving = False
         self._handlers: dict[str, KindHandler] = {}
         self._pending: dict[int, Deferred[dict[str, Any]]] = {}
+        #: The replies gathered so far for each fleet-wide request (L{gather}).
+        self._gathering: dict[int, _Gathering] = {}
         self._requests = 0
         self._probe: tuple[int, Any] | None = None
         #: Every local client's record, by id: what is registered again
@@ -415,6 +449,52 @@ class Backplane:
         self.publish(node, kind, {**fields, "rid": rid}, body).addCallbacks(sent, failed)
         return waiting
 
+    def gather(
+        self,
+        kind: str,
+        fields: dict[str, Any],
+        body: bytes = b"",
+        timeout: float | None = None,
+    ) -> Deferred[tuple[dict[str, dict[str, Any]], list[str]]]:
+        """
+        Send a message to every node (this one ignores it, and answers for
+        itself), and gather the others' replies for at most C{timeout}
+        seconds (L{CALL_TIMEOUT}), or until every node alive when it was
+        sent has answered: fires with each reply's fields by node, and the
+        names of the live nodes that did not answer; fails with
+        L{BackplaneUnavailable} when Redis could not say.
+        """
+        timeout = self.callTimeout if timeout is None else timeout
+        self._requests += 1
+        rid = self._requests
+        gathering = _Gathering(self.node)
+        self._gathering[rid] = gathering
+        done: Deferred[tuple[dict[str, dict[str, Any]], list[str]]] = Deferred()
+
+        def finish(failure: Failure | None = None) -> None:
+            self._gathering.pop(rid, None)
+            if timer.active():
+                timer.cancel()
+            if done.called:
+                return
+            if failure is not None:
+                done.errback(failure)
+            else:
+                done.callback((gathering.replies, gathering.missing()))
+
+        timer = self.clock.callLater(timeout, finish)
+        gathering.complete = finish
+
+        def listed(names: list[str]) -> Deferred[int]:
+            gathering.expect(names)
+            return self.publishFleet(kind, {**fields, "rid": rid}, body)
+
+        def sent(receivers: int) -> None:
+            gathering.check()
+
+        self.nodes().addCallback(listed).addCallbacks(sent, finish)
+        return done
+
     def received(self, message: bytes) -> None:
         """
         A message arrived on one of this node's channels.
@@ -429,7 +509,8 @@ class Backplane:
             )
             return
         kind = header["kind"]
-        if kind not in ("reply", "probe"):
+        if kind not in ("reply", "probe") and header.get("from") != self.node:
+            # Not its own, back from the fleet channel: those are not cross-node.
             self.messagesIn += 1
         handler = self._handlers.get(kind)
         if handler is None:
@@ -443,8 +524,14 @@ class Backplane:
         result = maybeDeferred(handler, header, body)
         rid, sender = header.get("rid"), header.get("from")
         if rid is not None and isinstance(sender, str):
+            # A handler that returns None sends no reply (as a node does to
+            # its own fleet-wide requests).
             result.addCallback(
-                lambda fields: self.publish(sender, "reply", {"to": rid, "result": fields})
+                lambda fields: (
+                    None
+                    if fields is None
+                    else self.publish(sender, "reply", {"to": rid, "result": fields})
+                )
             )
         result.addErrback(
             lambda f: log.failure(
@@ -456,6 +543,10 @@ class Backplane:
         )
 
     def _reply(self, header: dict[str, Any], body: bytes) -> None:
+        gathering = self._gathering.get(header.get("to", -1))
+        if gathering is not None:
+            gathering.add(str(header.get("from")), header.get("result") or {})
+            return
         waiting = self._pending.get(header.get("to", -1))
         if waiting is not None and not waiting.called:
             waiting.callback(header.get("result") or {})
@@ -588,6 +679,7 @@ class Backplane:
         second, or not at all (then they expire).
         """
         self.records.clear()  # those that end from now on are not unregistered one by one
+        self.leaving = True
 
         def failed(failure: Failure) -> None:
             failure.trap(BackplaneUnavailable)
@@ -622,6 +714,10 @@ class Backplane:
         Something went wrong with Redis: say so on C{/healthz} until the
         next probe comes back.
         """
+        if self.leaving:
+            # Its own stop closes the connections: nothing has gone wrong.
+            self.up, self.reason = False, "stopping"
+            return
         if self.up or reason != self.reason:
             log.warn(
                 "backplane degraded: {reason}",

@@ -10,9 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcpcomm.fleet.backplane import Backplane
+from tcpcomm.fleet.settings import BackplaneUnavailable
 from tcpcomm.interfaces import IFleet, IHub, ISession
 
 log = Logger()
@@ -22,7 +24,8 @@ log = Logger()
 class FleetNode:
     """
     The hub's L{IFleet}: each session identified is recorded in Redis, and
-    forgotten when it goes; the C{deliver}, C{disconnect} and C{replaced}
+    forgotten when it goes; the hub's broadcasts are relayed to the other
+    nodes; the C{deliver}, C{disconnect}, C{replaced} and C{broadcast}
     messages of other nodes act on the sessions of this one.
     """
 
@@ -39,6 +42,7 @@ class FleetNode:
         backplane.handle("deliver", self.deliver)
         backplane.handle("disconnect", self.disconnect)
         backplane.handle("replaced", self.replaced)
+        backplane.handle("broadcast", self.broadcastHere)
 
     def joined(self, session: ISession) -> None:
         self._uids[session] = self.backplane.record(
@@ -49,6 +53,32 @@ class FleetNode:
         uid = self._uids.pop(session, None)
         if uid is not None:
             self.backplane.forget(session.id, uid)
+
+    def broadcast(self, message: bytes) -> None:
+        """
+        A handler's broadcast, sent here already: relay it to every other
+        node's clients (at most once; lost if Redis is away).
+        """
+        self.backplane.publishFleet("broadcast", {}, message).addErrback(self._relayFailed)
+
+    def _relayFailed(self, failure: Failure) -> None:
+        failure.trap(BackplaneUnavailable)
+        if self.backplane.up:  # else trouble() said it already, once
+            log.info(
+                "backplane: could not relay a broadcast: {reason}",
+                event="backplane-relay-error",
+                reason=failure.getErrorMessage(),
+            )
+
+    def broadcastHere(self, header: dict[str, Any], body: bytes) -> dict[str, Any] | None:
+        """
+        Another node's broadcast (a handler's, or the admin API's): to every
+        client of this one; how many got it, if that node asked. A node's
+        own, which it sent its clients itself, is ignored.
+        """
+        if header.get("from") == self.backplane.node:
+            return None
+        return {"received": self.hub.broadcastHere(body)}
 
     def deliver(self, header: dict[str, Any], body: bytes) -> dict[str, Any]:
         """

@@ -329,8 +329,18 @@ class Hub:
 
     def broadcastBytes(self, message: bytes, exclude: ISession | None = None) -> int:
         """
-        Send an encoded message to every session but C{exclude}; return how
-        many got it.
+        Send an encoded message to every session but C{exclude}, and with a
+        fleet, to every other node's; return how many of this node's got it.
+        """
+        sent = self.broadcastHere(message, exclude)
+        if self.fleet is not None:
+            self.fleet.broadcast(message)
+        return sent
+
+    def broadcastHere(self, message: bytes, exclude: ISession | None = None) -> int:
+        """
+        Send an encoded message to every session of this node but
+        C{exclude}; return how many got it.
         """
         sent = 0
         framed: dict[type, bytes] = {}  # framed once per framing, for everyone

@@ -6,7 +6,8 @@ The queues live in memory; a L{QueueStore} makes them durable (the SQLite
 one of L{tcpcomm.hub.queuestore}), and every store call returns a
 L{Deferred}, so that the store may work in a thread of its own. A message
 leaves the store (committed) before it is written to the connection:
-delivery is at most once, never twice.
+delivery is at most once, never twice. In a fleet, L{SharedQueues} keeps
+them in a L{SharedStore} (Redis) instead, where every node finds them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcpcomm.interfaces import IPeer
+from tcpcomm.logs import RateLimiter
 
 log = Logger()
 
@@ -357,6 +359,12 @@ class Queues:
 
         return self.store.add(entry).addCallbacks(lambda _: position, failed)
 
+    def listing(self) -> Deferred[list[dict[str, Any]]]:
+        """
+        The L{summary}, once what the store kept is loaded.
+        """
+        return self._whenLoaded().addCallback(lambda _: self.summary())
+
     def summary(self) -> list[dict[str, Any]]:
         """
         What C{GET /queues} shows: each id with messages waiting, how many,
@@ -476,3 +484,188 @@ class QueueService(Service):
     def startService(self) -> None:
         super().startService()
         self.queues.start()
+
+
+class QueueElsewhere(Exception):
+    """
+    A send to queue refused because a node of the fleet holds the client
+    now (C{node}): send it there instead.
+    """
+
+    def __init__(self, node: str) -> None:
+        super().__init__(f"node {node!r} holds the client")
+        self.node = node
+
+
+#: A message kept in a shared store: (message, queued, expires), in seconds.
+SharedEntry = tuple[bytes, float, float]
+
+
+class SharedStore(Protocol):
+    """
+    Queues kept where every node of a fleet finds them (Redis: the
+    L{tcpcomm.fleet.queuestore.RedisQueueStore}); each call is atomic
+    there, and answers in plain data.
+    """
+
+    def put(
+        self,
+        clientId: str,
+        message: bytes,
+        ttl: float,
+        maxMessages: int,
+        maxBytes: int,
+        totalBytes: int,
+    ) -> Deferred[dict[str, Any]]: ...
+
+    def take(self, clientId: str) -> Deferred[tuple[float, list[SharedEntry]]]: ...
+
+    def restore(self, clientId: str, entries: list[SharedEntry]) -> Deferred[Any]: ...
+
+    def summary(self) -> Deferred[tuple[float, list[tuple[str, int, int, float]]]]: ...
+
+
+class SharedQueues(Queues):
+    """
+    The queues of a fleet: kept in a L{SharedStore}, not in this node's
+    memory, so that a client gets what waited for it through any node; the
+    bounds are checked there, in the step that adds. Every client that
+    identifies asks the store for its queue, its other messages held
+    meanwhile (a hand-over fails within the store's timeout, then they go).
+    The counters are this node's, but C{waitingMessages} and
+    C{waitingBytes}, the fleet's as last seen.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        shared: SharedStore,
+        maxMessages: int = 1000,
+        maxBytes: int = 1 << 20,
+        totalBytes: int = 64 << 20,
+    ) -> None:
+        super().__init__(clock, None, maxMessages, maxBytes, totalBytes)
+        self.shared = shared
+        #: While Redis is away every client that identifies fails its
+        #: hand-over: one line per 10 s says so.
+        self.handOverLines = RateLimiter(
+            "queue-handover-failed", "failed queue hand-overs", clock, keyName="server"
+        )
+
+    def _seen(self, answer: dict[str, Any]) -> None:
+        self.expired += answer["expired"]
+        self.waitingMessages, self.waitingBytes = answer["messages"], answer["bytes"]
+
+    def put(self, clientId: str, message: bytes, ttl: float) -> Deferred[int]:
+        def stored(answer: dict[str, Any]) -> int:
+            if "elsewhere" in answer:
+                raise QueueElsewhere(answer["elsewhere"])
+            self._seen(answer)
+            if "queued" in answer:
+                self.queued += 1
+                return int(answer["queued"])
+            self.refused += 1
+            bound, held, size = answer["full"], answer["held"], len(message)
+            if bound == "--queue-max-messages":
+                text = (
+                    f"the queue of {clientId!r} holds {held} messages, the most "
+                    f"--queue-max-messages {self.maxMessages} allows"
+                )
+            elif bound == "--queue-max-bytes":
+                text = (
+                    f"the queue of {clientId!r} holds {held} bytes; {size} more would be over "
+                    f"--queue-max-bytes {self.maxBytes}"
+                )
+            else:
+                text = (
+                    f"the queues hold {held} bytes; {size} more would be over "
+                    f"--queue-total-bytes {self.totalBytes}"
+                )
+            raise QueueFull(bound, text + " (fleet-wide)")
+
+        return self.shared.put(
+            clientId, message, ttl, self.maxMessages, self.maxBytes, self.totalBytes
+        ).addCallback(stored)
+
+    def listing(self) -> Deferred[list[dict[str, Any]]]:
+        def listed(
+            result: tuple[float, list[tuple[str, int, int, float]]],
+        ) -> list[dict[str, Any]]:
+            now, rows = result
+            return [
+                {
+                    "id": clientId,
+                    "messages": messages,
+                    "bytes": size,
+                    "oldestAgeSeconds": round(max(0.0, now - queued), 3),
+                }
+                for clientId, messages, size, queued in sorted(rows)
+            ]
+
+        return self.shared.summary().addCallback(listed)
+
+    def deliver(self, session: Recipient, stillConnected: Callable[[], bool]) -> None:
+        clientId = session.id
+        busy = self._handing.get(clientId)
+        held = _Held(session.peer)
+        session.peer = held
+        before: Deferred[None] = succeed(None) if busy is None else _after(busy)
+        done = before.addCallback(lambda _: self._takeShared(session, held, stillConnected))
+        self._handing[clientId] = done
+
+        def finished(result: object) -> object:
+            if self._handing.get(clientId) is done:
+                del self._handing[clientId]
+            return result
+
+        done.addBoth(finished).addErrback(
+            lambda failure: log.failure(
+                "handing over the queue of {peer} failed",
+                failure,
+                event="queue-handover-error",
+                peer=clientId,
+            )
+        )
+
+    def _takeShared(
+        self, session: Recipient, held: _Held, stillConnected: Callable[[], bool]
+    ) -> Deferred[None]:
+        clientId = session.id
+
+        def taken(result: tuple[float, list[SharedEntry]]) -> None:
+            now, entries = result
+            live = [e for e in entries if e[2] > now]
+            self.expired += len(entries) - len(live)
+            if live and not stillConnected():
+                # Gone before a byte of it was written: it waits again.
+                self.shared.restore(clientId, live).addErrback(
+                    self._storeFailed, "store messages again"
+                )
+                live = []
+            session.peer = held.peer
+            for message, _, _ in live:
+                session.sendBytes(message)
+            self.delivered += len(live)
+            if live:
+                log.info(
+                    "delivered {count} queued message(s) to {peer}",
+                    event="queue-delivered",
+                    count=len(live),
+                    peer=clientId,
+                )
+            held.release()
+
+        def failed(failure: Failure) -> None:
+            # Nothing was taken: it waits for the next connection.
+            if not self.handOverLines.allow(None):
+                self._release(session, held)
+                return
+            log.warn(
+                "could not hand over the queue of {peer}: {reason}",
+                event="queue-handover-failed",
+                peer=clientId,
+                reason=failure.getErrorMessage(),
+            )
+            self._release(session, held)
+
+        return self.shared.take(clientId).addCallbacks(taken, failed)
