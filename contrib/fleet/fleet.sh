@@ -47,6 +47,16 @@ HAPROXY=${HAPROXY:-$(command -v haproxy || echo /usr/sbin/haproxy)}
 WAIT=${WAIT:-30}
 read -r -a client_names <<< "${CLIENT_NAMES:-agent-1 agent-2 agent-3}"
 names=(node1 node2 node3)
+for value in "$FRONT_PORT" "$STATS_PORT" "${node_ports[@]}" "${admin_ports[@]}" "$REDIS_PORT" "$WAIT"; do
+    if ! [[ $value =~ ^[0-9]+$ ]]; then
+        echo "$0: not a whole number (a port, or WAIT in seconds): '$value'" >&2
+        exit 2
+    fi
+done
+if [ ${#node_ports[@]} -ne 3 ] || [ ${#admin_ports[@]} -ne 3 ]; then
+    echo "$0: NODE_PORTS and ADMIN_PORTS name three ports each, not '${node_ports[*]}' and '${admin_ports[*]}'" >&2
+    exit 2
+fi
 
 
 # Is the process of this pid file alive?
