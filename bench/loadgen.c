@@ -11,6 +11,9 @@
  *              write and waits for all of their echoes before the next.
  *   idle       opens --conns connections (each answers one round trip),
  *              prints a "ready" line, waits for a line on stdin, closes.
+ *              With --heartbeats 1, each connection answers every empty
+ *              line the server sends (a heartbeat) with one, as a client
+ *              with the server's --heartbeat would send its own.
  *   broadcast  --conns receivers and one sender; after a warm-up, sends
  *              --count messages one at a time and times each until the
  *              last receiver has it.
@@ -111,6 +114,7 @@ static struct {
 	const char *hello; /* --hello PREFIX: send "hello PREFIX-<i>" first */
 	const char *expectFirst; /* --expect-first LINE: received before any reply */
 	size_t expectFirstLen;   /* with its newline */
+	int heartbeats;
 } opt = {
     .port = 0,
     .conns = 1,
@@ -154,6 +158,7 @@ static long floodQueued0;    /* flood bytes in the kernel at the window's start 
 static int floodCounting;    /* between the window's two counts of them */
 static long floodReplyBytes; /* bytes the flooders got back, all told */
 static long floodersLost;    /* flooders the server disconnected */
+static long heartbeatsIn;    /* idle --heartbeats: empty lines received, and answered */
 
 /* Churn. */
 static int nChurned;
@@ -491,6 +496,31 @@ static void exchangeDone(struct conn *c)
 	}
 }
 
+/* idle --heartbeats: what an answered connection receives is heartbeats
+ * only; each is answered with one. */
+static void heartbeatData(struct conn *c, const unsigned char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (p[i] != '\n') {
+			noteError(&dataErrors, "not a heartbeat", (int)(c - cs), 0);
+			return;
+		}
+	}
+	heartbeatsIn += (long)n;
+	size_t left = n;
+	while (left > 0) {
+		size_t chunk = left < sizeof floodBuf ? left : sizeof floodBuf;
+		ssize_t w = send(c->fd, floodBuf, chunk, MSG_NOSIGNAL);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			noteError(&dataErrors, "cannot answer a heartbeat", (int)(c - cs), errno);
+			return;
+		}
+		left -= (size_t)w;
+	}
+}
+
 static void checkData(struct conn *c, const unsigned char *p, size_t n)
 {
 	if (c->firstPos < opt.expectFirstLen) {
@@ -690,6 +720,8 @@ static void handle(uint32_t id, uint32_t events)
 		if (n > 0) {
 			if (opt.mode == BROADCAST)
 				broadcastData(c, rxbuf, (size_t)n);
+			else if (opt.heartbeats && c->confirmed && !c->busy)
+				heartbeatData(c, rxbuf, (size_t)n);
 			else
 				checkData(c, rxbuf, (size_t)n);
 		} else if (n == 0) {
@@ -872,7 +904,7 @@ static void runIdle(double deadline)
 		stillOpen += cs[i].state == OPEN;
 	double cpu = cpuSeconds() - cpu0, wall = now() - t0;
 	printCommon("result", cpu, wall);
-	printf(",\"still_open\":%ld}\n", stillOpen);
+	printf(",\"still_open\":%ld,\"heartbeats\":%ld}\n", stillOpen, heartbeatsIn);
 }
 
 static void runBroadcast(double deadline)
@@ -999,7 +1031,7 @@ static void usage(void)
 		"  [--size BYTES] [--burst N] [--duration S] [--warmup S] [--count N]\n"
 		"  [--open-concurrency N] [--retry-initial S] [--retry-max S] [--time-limit S]\n"
 		"  [--seed N] [--sources N] [--flood N] [--server-pid PID] [--hello PREFIX]\n"
-		"  [--expect-first LINE]\n");
+		"  [--expect-first LINE] [--heartbeats 0|1]\n");
 	exit(2);
 }
 
@@ -1060,12 +1092,14 @@ int main(int argc, char **argv)
 		}
 		else if (!strcmp(k, "--server-pid"))
 			opt.serverPid = atoi(v);
+		else if (!strcmp(k, "--heartbeats"))
+			opt.heartbeats = atoi(v);
 		else
 			usage();
 	}
 	if (opt.port <= 0 || opt.conns < 1 || opt.size < 16 || opt.size > 65536 || opt.burst < 1 ||
 	    (opt.mode == BROADCAST && opt.size > 63) || opt.sources < 0 || opt.sources > 250 ||
-	    opt.flood < 0 || (opt.flood && opt.mode != RR))
+	    opt.flood < 0 || (opt.flood && opt.mode != RR) || (opt.heartbeats && opt.mode != IDLE))
 		usage();
 	memset(floodBuf, '\n', sizeof floodBuf);
 	srand(opt.seed);

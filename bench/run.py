@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
+import hashlib
 import html
 import json
 import math
@@ -343,15 +344,22 @@ def planHold(requested: int, openFiles: int, why: str) -> HoldPlan:
 
 def buildLoadgen(build: str) -> str:
     """
-    Compile bench/loadgen.c into C{build} (again only if the source changed).
+    Compile bench/loadgen.c into C{build}, once per version of the source:
+    the binary is named after the source's hash, so that checkouts sharing
+    the build folder (the default is the same for every worktree) never run
+    each other's load generator, as comparing modification times would.
     """
     source = os.path.join(HERE, "loadgen.c")
-    binary = os.path.join(build, "loadgen")
-    if not os.path.exists(binary) or os.path.getmtime(binary) < os.path.getmtime(source):
+    with open(source, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    binary = os.path.join(build, f"loadgen-{digest}")
+    if not os.path.exists(binary):
+        partial = f"{binary}.{os.getpid()}"
         subprocess.run(
-            ["gcc", "-O2", "-Wall", "-Wextra", "-o", binary, source, "-lm"],
+            ["gcc", "-O2", "-Wall", "-Wextra", "-o", partial, source, "-lm"],
             check=True,
         )
+        os.replace(partial, binary)  # whole, even if another run builds it too
     return binary
 
 
@@ -384,6 +392,8 @@ class Loadgen:
             if ready:
                 chunk = os.read(stdout.fileno(), 65536)
                 if not chunk:
+                    # Its output ends a moment before it does: wait, for its error.
+                    self.process.wait(WAIT)
                     raise RuntimeError(f"loadgen exited: {self.stderr()}")
                 self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
@@ -436,6 +446,7 @@ class ServerKind:
     name: str
     argv: Callable[[Launch], list[str]]
     keepsLog: bool = True
+    heartbeats: bool = True  # takes --heartbeat (tcpcomm does, the baselines do not)
 
 
 def tcpcommArgv(
@@ -519,8 +530,8 @@ def serverKinds(extra: list[str]) -> dict[str, ServerKind]:
         "tcpcomm-devnull": ServerKind(
             "tcpcomm-devnull", tcpcommArgv(TWISTD, logfile=False), keepsLog=False
         ),
-        "twisted": ServerKind("twisted", scriptArgv("twisted_server.py")),
-        "asyncio": ServerKind("asyncio", scriptArgv("asyncio_server.py")),
+        "twisted": ServerKind("twisted", scriptArgv("twisted_server.py"), heartbeats=False),
+        "asyncio": ServerKind("asyncio", scriptArgv("asyncio_server.py"), heartbeats=False),
     }
     if hasOption(TWISTD, "--no-message-log"):
         kinds["tcpcomm-nolog"] = ServerKind(
@@ -1085,6 +1096,60 @@ def runHello(kind: ServerKind, ctx: Context) -> dict[str, Any]:
     return out
 
 
+#: The heartbeat row: idle connections to a server with --heartbeat, whose
+#: CPU is measured over two intervals (every connection sends and receives
+#: two heartbeats in it), after the connections settle; and its target.
+HEARTBEAT_CONNS = 10000
+HEARTBEAT_S = 30
+HEARTBEAT_WINDOW = 2 * HEARTBEAT_S
+HEARTBEAT_SETTLE = 2.0
+HEARTBEAT_TARGET_PCT = 1.0
+
+
+def runHeartbeat(kind: ServerKind, ctx: Context) -> dict[str, Any]:
+    """
+    C{HEARTBEAT_CONNS} idle connections (whatever --quick says) to a server
+    with --heartbeat 30, each answering every heartbeat with one, as a
+    client with the same --heartbeat would send its own, so that nobody
+    reaches --heartbeat-timeout: the server's CPU over C{HEARTBEAT_WINDOW}
+    seconds of that, as a share of one CPU.
+    """
+    if not kind.heartbeats:
+        return {"errors": 0, "unanswered": 0, "loadgen_cpu": 0.0, "skipped": "no --heartbeat"}
+    extra = ("--heartbeat", str(HEARTBEAT_S))
+    limit = HEARTBEAT_CONNS + CONNECTION_MARGIN
+    with ctx.server(kind, maxConnections=limit, extra=extra) as server:
+        warmUp(server.port)
+        gen = Loadgen(
+            ctx.loadgen,
+            "idle",
+            server.port,
+            conns=HEARTBEAT_CONNS,
+            heartbeats=1,
+            time_limit=HEARTBEAT_WINDOW + 180,
+        )
+        try:
+            ready = gen.event(120)
+            if ready.get("event") != "ready":
+                raise RuntimeError(f"heartbeat: not every connection opened: {ready}")
+            time.sleep(HEARTBEAT_SETTLE)
+            cpu0, t0 = cpuSeconds(server.pid), time.monotonic()
+            time.sleep(HEARTBEAT_WINDOW)
+            cpu, wall = cpuSeconds(server.pid) - cpu0, time.monotonic() - t0
+            gen.tell("close\n")
+            result = gen.event(30)
+        finally:
+            gen.finish()
+    beats = int(result["heartbeats"])
+    # Each heartbeat the load generator got, the server sent, and had back.
+    out = measured(result, server, cpu, wall, 2 * beats)
+    out["unanswered"] = HEARTBEAT_CONNS - int(result["still_open"])
+    out["idle_cpu_pct"] = round(100 * cpu / wall, 3)
+    out["heartbeats"] = beats
+    out["window_s"] = round(wall, 1)
+    return out
+
+
 def split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
@@ -1302,6 +1367,13 @@ def workloads() -> list[Workload]:
             big=True,
         ),
         Workload(
+            "heartbeat",
+            f"{HEARTBEAT_CONNS:,} idle connections, --heartbeat {HEARTBEAT_S}",
+            [("idle_cpu_pct", "server CPU while idle, of one CPU", "%")],
+            runHeartbeat,
+            big=True,
+        ),
+        Workload(
             "accept",
             "{big:,} connections accepted and answered once",
             [
@@ -1501,6 +1573,17 @@ def _targetsOf(report: dict[str, Any], name: str) -> list[dict[str, Any]]:
                 f"{(_median(report, 'flood', name, 'calm_p50_us') or 0) / 1000:,.2f} ms)",
                 "met": flooded < 10000,
                 "by": f"{(flooded - 10000) / 1000:+,.2f} ms",
+            }
+        )
+    idleCpu = _median(report, "heartbeat", name, "idle_cpu_pct")
+    if idleCpu is not None:
+        out.append(
+            {
+                "server": name,
+                "target": f"{titles['heartbeat']}: under {HEARTBEAT_TARGET_PCT:g}% of one CPU",
+                "value": f"{idleCpu:.2f}%",
+                "met": idleCpu < HEARTBEAT_TARGET_PCT,
+                "by": f"{idleCpu - HEARTBEAT_TARGET_PCT:+.2f}%",
             }
         )
     rss = _median(report, "idle", name, "rss_per_conn_b")
@@ -1835,6 +1918,8 @@ def main() -> int:
 
     holding = any(w.key == "hold" for w in selected)
     needed = max(settings.big + 200, args.hold + HOLD_RESERVE if holding else 0)
+    if any(w.key == "heartbeat" for w in selected):
+        needed = max(needed, HEARTBEAT_CONNS + 200)
     limit, why = raiseFileLimit(needed)
     if limit < settings.big + 100:
         settings.big = limit - 100

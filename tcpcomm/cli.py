@@ -274,8 +274,8 @@ class Admin:
                 text += "\nthe daemon refused the token in --token-file"
         elif error.code == 404 and message.startswith("no such route"):
             text += (
-                f"\nis {self.url} the right daemon? clients, send, broadcast, kick and queues talk to "
-                "a server's admin API, status to a client's"
+                f"\nis {self.url} the right daemon? clients, send, broadcast, kick, queues and "
+                "drain talk to a server's admin API, status to a client's"
             )
         return Failed(API_ERROR, text)
 
@@ -437,6 +437,22 @@ def showKicked(answer: dict[str, Any], args: argparse.Namespace) -> str:
     return f"disconnecting {answer['id']}"
 
 
+def showDrain(answer: dict[str, Any], args: argparse.Namespace) -> str:
+    """
+    C{POST /drain}: what the server does now, or how far the drain it was
+    already doing has got.
+    """
+    count = answer["clients"]
+    clients = f"{count} client{'' if count == 1 else 's'}"
+    if answer["already"]:
+        return (
+            f"already draining: closed {answer['closed']} of {clients}, "
+            f"stopping in {answer['secondsLeft']:.1f} s"
+        )
+    period = answer["periodSeconds"]
+    return f"draining: stopped listening; closing {clients} over {period:g} s, then stopping"
+
+
 # The commands: what each asks the daemon. Each subcommand names its call
 # and how to show the answer, so that --json is handled once, in run().
 
@@ -463,6 +479,10 @@ def callBroadcast(admin: Admin, args: argparse.Namespace) -> Answer:
 
 def callKick(admin: Admin, args: argparse.Namespace) -> Answer:
     return admin.call("POST", clientPath(args.id, "/disconnect"))
+
+
+def callDrain(admin: Admin, args: argparse.Namespace) -> Answer:
+    return admin.call("POST", "/drain")
 
 
 def callStatus(admin: Admin, args: argparse.Namespace) -> Answer:
@@ -580,6 +600,12 @@ def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     kick = command("kick", "disconnect one client of a server", callKick, showKicked)
     kick.add_argument("id", metavar="ID", help="the client's id, as `tcpcomm clients` lists it")
     command("queues", "list the messages waiting for clients that are away", callQueues, showQueues)
+    command(
+        "drain",
+        "make a server stop accepting, close its clients over its --drain-period, and stop",
+        callDrain,
+        showDrain,
+    )
     command("status", "show how a client daemon's connection is doing", callStatus, showStatus)
     check = commands.add_parser(
         "check-config",

@@ -197,7 +197,12 @@ class ConfigFile:
         file's key if it is about one the command line did not override.
         """
         message = str(error)
-        for key, value in self.values.items():
-            if key not in given and re.search(rf"--{re.escape(key)}(?![\w-])", message):
-                return ConfigError(f"{self.where(key, value)}: {message}")
+        named = []  # (where the message names it, key): the first named is at fault
+        for key in self.values:
+            found = re.search(rf"--{re.escape(key)}(?![\w-])", message)
+            if key not in given and found:
+                named.append((found.start(), key))
+        if named:
+            key = min(named)[1]
+            return ConfigError(f"{self.where(key, self.values[key])}: {message}")
         return usage.UsageError(f"{message} (with the settings of --config {self.path!r})")

@@ -92,7 +92,9 @@ class IStats(Interface):
     oversized = Attribute("Peers dropped for a message over C{--max-message-size}.")
     framingErrors = Attribute("Peers dropped for bytes that break the framing.")
     slowConsumers = Attribute("Peers dropped for not reading past C{--max-pending-bytes}.")
-    timeouts = Attribute("Peers dropped by C{--idle-timeout} or C{--message-timeout}.")
+    timeouts = Attribute(
+        "Peers dropped by C{--heartbeat-timeout}, C{--idle-timeout} or C{--message-timeout}."
+    )
     refused = Attribute("Connections refused over the connection limit.")
     handshakeTimeouts = Attribute("Connections not ready within C{--handshake-timeout}, dropped.")
     handshakeEvictions = Attribute("Connections still not ready dropped to make room.")

@@ -217,10 +217,19 @@ class _CommonOptions(usage.Options):
             "heartbeat",
             None,
             0.0,
-            "Send an empty message every this many seconds, and drop the connection when what "
-            "was sent stays unacknowledged that long (a peer gone without a word is noticed "
-            "within two intervals); 0 is off.",
+            "Send an empty message after this many seconds of sending nothing, drop a peer "
+            "heard nothing from for --heartbeat-timeout, and have the kernel drop the "
+            "connection when what was sent stays unacknowledged this long; 0 is off. Give "
+            "both sides --heartbeat.",
             _number("--heartbeat", float, 0),
+        ],
+        [
+            "heartbeat-timeout",
+            None,
+            None,
+            "With --heartbeat: disconnect a peer heard nothing from, heartbeats included, for "
+            "this many seconds (default: 3 x --heartbeat); more than --heartbeat",
+            _number("--heartbeat-timeout", float, 0),
         ],
         [
             "keepalive",
@@ -330,6 +339,7 @@ class _CommonOptions(usage.Options):
                 f"--heartbeat {self['heartbeat']} needs a framing with empty messages; "
                 "--framing raw has none"
             )
+        self._checkHeartbeat()
         encoding = self["encoding"]
         if self["framing"] == "line" and "\n".encode(encoding) != b"\n":
             raise usage.UsageError(
@@ -352,6 +362,28 @@ class _CommonOptions(usage.Options):
 
     def templateOptions(self) -> list[str]:
         return ["reply", "error-reply"]
+
+    def _checkHeartbeat(self) -> None:
+        """
+        Settle C{--heartbeat-timeout}: 3 heartbeat intervals unless given, 0
+        without heartbeats; refuse one that a peer sending heartbeats as
+        often would still trip.
+        """
+        heartbeat, timeout = self["heartbeat"], self["heartbeat-timeout"]
+        if heartbeat == 0:
+            if timeout is not None:
+                raise usage.UsageError(
+                    f"--heartbeat-timeout {timeout:g} needs --heartbeat (without heartbeats, "
+                    "--idle-timeout drops silent peers)"
+                )
+            self["heartbeat-timeout"] = 0.0
+        elif timeout is None:
+            self["heartbeat-timeout"] = 3 * heartbeat
+        elif timeout <= heartbeat:
+            raise usage.UsageError(
+                f"--heartbeat-timeout {timeout:g} must be more than --heartbeat {heartbeat:g}: "
+                "a peer that sends a heartbeat every interval would be dropped"
+            )
 
     def _checkAdmin(self) -> None:
         """
@@ -391,6 +423,14 @@ class ServerOptions(_CommonOptions):
     )
     side = "server"
     repeatable = ("listen",)
+    optFlags = [
+        [
+            "proxy-protocol",
+            None,
+            "Expect a PROXY header (v1 or v2, as HAProxy's send-proxy-v2 sends) first on every "
+            "connection, on every listener, and know each client by the address it names.",
+        ],
+    ]
     optParameters = [
         [
             "port",
@@ -453,6 +493,14 @@ class ServerOptions(_CommonOptions):
             10.0,
             "Seconds to wait for peers to close when stopping before dropping them.",
             _number("--shutdown-timeout", float, 0),
+        ],
+        [
+            "drain-period",
+            None,
+            30.0,
+            "Seconds a drain (POST /drain, tcpcomm drain) spreads the closing of the clients "
+            "over, after it stops listening and before the server stops.",
+            _number("--drain-period", float, 0),
         ],
         [
             "queue-max-messages",
@@ -553,7 +601,24 @@ class ServerOptions(_CommonOptions):
         self._checkQueueDir()
         self._checkTLS()
         self._checkIdentity()
+        self._checkProxyProtocol()
         self._checkBackplane()
+
+    def _checkProxyProtocol(self) -> None:
+        """
+        Refuse listeners whose TLS would come before the PROXY header:
+        HAProxy in TCP passthrough sends the header in clear, then the
+        client's TLS, which only C{--tls-cert} handles in that order.
+        """
+        if not self["proxy-protocol"]:
+            return
+        for description in self["listen"]:
+            if description.startswith(("ssl:", "tls:")):
+                raise usage.UsageError(
+                    f"--proxy-protocol cannot read the PROXY header before the TLS of --listen "
+                    f"{description!r}: HAProxy sends it in clear first; use --tls-cert (with "
+                    "--port) for TLS behind HAProxy"
+                )
 
     def _checkBackplane(self) -> None:
         """
@@ -638,6 +703,12 @@ class ServerOptions(_CommonOptions):
         if self["framing"] == "raw":
             raise usage.UsageError(
                 "--client-id hello needs a framing that delimits the hello; --framing raw has none"
+            )
+        if path is None and self["proxy-protocol"]:
+            raise usage.UsageError(
+                "--client-id hello without --client-tokens lets anyone claim any name, and "
+                "--proxy-protocol serves whoever the proxy in front lets in, from anywhere; "
+                "require tokens with --client-tokens"
             )
         if path is None and not _reachableOnlyLocally("--listen", self.listenDescriptions()):
             raise usage.UsageError(

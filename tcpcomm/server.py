@@ -116,6 +116,17 @@ class DisconnectAllService(Service):
             peer.abort()
 
 
+class ServerService(MultiService):
+    """
+    The server's services, with its message listeners named, so that a
+    drain can stop listening and leave the rest (the admin API) running.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listeners: list[StreamServerEndpointService] = []
+
+
 def makeServerService(
     listeners: list[tuple[IStreamServerEndpoint, str]],
     factory: MessageFactory,
@@ -124,16 +135,18 @@ def makeServerService(
     shutdownTimeout: float,
     adminConnections: int = 0,
     fileLimit: FileLimit | None = None,
-) -> MultiService:
+) -> ServerService:
     """
     Listen on each C{(endpoint, description)} with C{factory}, within the
     file descriptors C{fileLimit} allows beside C{adminConnections}. Closing
     peers is added before the listeners so that it runs after every one of
     them has stopped accepting.
     """
-    top = MultiService()
+    top = ServerService()
     DescriptorBudget(factory, adminConnections, fileLimit).setServiceParent(top)
     DisconnectAllService(registry, clock, shutdownTimeout).setServiceParent(top)
     for endpoint, description in listeners:
-        listeningService(endpoint, description, factory).setServiceParent(top)
+        listener = listeningService(endpoint, description, factory)
+        listener.setServiceParent(top)
+        top.listeners.append(listener)
     return top

@@ -16,6 +16,7 @@ from twisted.application.service import MultiService
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     SSL4ServerEndpoint,
+    TCP4ServerEndpoint,
     clientFromString,
     serverFromString,
     wrapClientTLS,
@@ -25,6 +26,7 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint, ISt
 from tcpcomm.client import ClientFactory, ClientStatus, RetryPolicy, makeClientService
 from tcpcomm.control.admin import AdminResource, Outgoing, makeAdminSite
 from tcpcomm.control.metrics import makeRegistry
+from tcpcomm.drain import Drain
 from tcpcomm.hub.hub import Hub
 from tcpcomm.hub.identity import HelloIdentity, tlsIdentity
 from tcpcomm.hub.queues import Queues, QueueService
@@ -43,6 +45,7 @@ from tcpcomm.server import listeningService, makeServerService
 from tcpcomm.templates import Texts
 from tcpcomm.wire.framing import FRAMINGS
 from tcpcomm.wire.protocol import Limits, MessageFactory
+from tcpcomm.wire.proxy import ProxyHeaderEndpoint
 
 if TYPE_CHECKING:
     from tcpcomm.fleet.backplane import Backplane
@@ -96,6 +99,7 @@ def makeLimits(options: Mapping[str, Any], client: bool) -> Limits:
         idleTimeout=options["idle-timeout"],
         messageTimeout=options["message-timeout"],
         heartbeat=options["heartbeat"],
+        heartbeatTimeout=options["heartbeat-timeout"],
         keepalive=options["keepalive"],
         handshakeTimeout=options["handshake-timeout"],
     )
@@ -196,7 +200,7 @@ def makeServer(
         if d.startswith("ssl:")
     ]
     top = makeServerService(
-        serverEndpoints(options, reactor, tls),
+        serverEndpoints(options, reactor, tls, factory),
         factory,
         hub.registry,
         reactor,
@@ -205,8 +209,13 @@ def makeServer(
     )
     hub.queues = makeQueues(options, reactor)
     QueueService(hub.queues).setServiceParent(top)
+    drain = Drain(hub.registry, top.listeners, reactor, options["drain-period"], reactor.stop)
+    drain.setServiceParent(top)
+    reloader.add(
+        Live("drain period", lambda o: o["drain-period"], partial(setattr, drain, "period"))
+    )
     backplane = addBackplane(top, options, hub, reactor)
-    addAdmin(top, options, hub, reactor, reloader, backplane=backplane)
+    addAdmin(top, options, hub, reactor, reloader, drain=drain, backplane=backplane)
     addReloadService(top, reloader, reactor)
     return top
 
@@ -303,11 +312,12 @@ def addAdmin(
     reactor: Any,
     reloader: Reloader,
     status: ClientStatus | None = None,
+    drain: Drain | None = None,
     backplane: Backplane | None = None,
 ) -> None:
     """
-    Serve the admin API on C{--admin}, if given; a server's with
-    C{backplane} sees and reaches the whole fleet.
+    Serve the admin API on C{--admin}, if given; a server's can start its
+    C{drain}, and with C{backplane} sees and reaches the whole fleet.
     """
     description = options["admin"]
     if description is None:
@@ -315,7 +325,7 @@ def addAdmin(
     outgoing = Outgoing(options["encoding"], options["framing"], options["max-message-size"])
     site = makeAdminSite(
         hub,
-        makeRegistry(hub, status, reloader.status, backplane),
+        makeRegistry(hub, status, reloader.status, drain, backplane),
         outgoing,
         reactor,
         options["admin-token"],
@@ -323,6 +333,7 @@ def addAdmin(
         dashboard=None if status is not None else DASHBOARD.read_bytes(),
         maxConnections=options["admin-max-connections"],
         reloads=reloader.status,
+        drain=drain,
         backplane=backplane,
     )
     resource = cast(AdminResource, site.resource)
@@ -346,18 +357,49 @@ def addAdmin(
 
 
 def serverEndpoints(
-    options: ServerOptions, reactor: Any, tls: ReloadableServerTLS | None = None
+    options: ServerOptions,
+    reactor: Any,
+    tls: ReloadableServerTLS | None = None,
+    factory: MessageFactory | None = None,
 ) -> list[tuple[IStreamServerEndpoint, str]]:
     """
     Each endpoint the server listens on, with the description to log it by;
     C{tls} holds the TLS settings of C{--tls-cert}, which a reload replaces.
+    With C{--proxy-protocol} every one reads the PROXY header first, within
+    the C{--handshake-timeout} of C{factory}'s current limits.
     """
+    proxy = options["proxy-protocol"]
+
+    def behindProxy(endpoint: IStreamServerEndpoint, context: Any = None) -> ProxyHeaderEndpoint:
+        if factory is None:
+            fixed = options["handshake-timeout"]
+            return ProxyHeaderEndpoint(endpoint, reactor, lambda: fixed, tls=context)
+        return ProxyHeaderEndpoint(
+            endpoint,
+            reactor,
+            lambda: factory.limits.handshakeTimeout,
+            factory.stats,
+            tls=context,
+            occupancy=lambda: (
+                factory.side.connectionCount() + len(factory.waiting),
+                factory.connectionLimit,
+            ),
+        )
+
     if options["tls"] is not None:
         port, backlog, interface = options["port"], options["backlog"], options["interface"]
         context = tls if tls is not None else options["tls"]
-        endpoint = SSL4ServerEndpoint(reactor, port, context, backlog, interface)
         mutual = " with client certificates" if options["tls-client-ca"] else ""
+        if proxy:
+            tcp = TCP4ServerEndpoint(reactor, port, backlog, interface)
+            return [(behindProxy(tcp, context), f"TLS{mutual} on port {port}, PROXY header first")]
+        endpoint = SSL4ServerEndpoint(reactor, port, context, backlog, interface)
         return [(endpoint, f"TLS{mutual} on port {port}")]
+    if proxy:
+        return [
+            (behindProxy(serverFromString(reactor, d)), f"{d}, PROXY header first")
+            for d in options.listenDescriptions()
+        ]
     return [(serverFromString(reactor, d), d) for d in options.listenDescriptions()]
 
 

@@ -54,14 +54,16 @@ def _badCharacter(token: str) -> str | None:
     return None
 
 
-def _read(path: str, limit: int) -> bytes:
+def _read(path: str, limit: int, holds: str = "") -> bytes:
+    # The bytes of the file at path, at most limit of them; holds says
+    # what the file is for, in the error of a file over the limit.
     try:
         with open(path, "rb") as f:
             data = f.read(limit + 1)
     except OSError as e:
         raise TokenFileError(path, f"cannot read it: {e.strerror or e}") from None
     if len(data) > limit:
-        raise TokenFileError(path, f"it is over {limit} bytes")
+        raise TokenFileError(path, f"it is over {limit} bytes{holds}")
     return data
 
 
@@ -112,13 +114,7 @@ def readTokenFile(path: str) -> str:
     way by every client; anything else is refused here rather than
     becoming a puzzling 401 or an encoding error in the client.
     """
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_TOKEN_FILE + 1)
-    except OSError as e:
-        raise TokenFileError(path, f"cannot read it: {e.strerror or e}") from None
-    if len(data) > MAX_TOKEN_FILE:
-        raise TokenFileError(path, f"it is over {MAX_TOKEN_FILE} bytes; it must hold one token")
+    data = _read(path, MAX_TOKEN_FILE, "; it must hold one token")
     try:
         token = data.decode("utf-8-sig").strip()
     except UnicodeDecodeError:

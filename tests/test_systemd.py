@@ -445,3 +445,12 @@ class ExecStartTests(SynchronousTestCase):
             shutdownTimeout = parsedOptions(self, name).subOptions["shutdown-timeout"]
             self.assertGreater(seconds(timeout), shutdownTimeout, name)
             self.assertEqual(service["KillSignal"], ["SIGTERM"], name)
+
+    def test_stopTimeoutAboveDrainPeriod(self) -> None:
+        """systemd waits long enough for a stop that drains the server, then closes the rest."""
+        for name in (SERVER, ACTIVATED):
+            [timeout] = readUnit(name)["Service"]["TimeoutStopSec"]
+            options = parsedOptions(self, name).subOptions
+            self.assertGreater(
+                seconds(timeout), options["drain-period"] + options["shutdown-timeout"], name
+            )

@@ -57,6 +57,7 @@ from zope.interface import implementer
 from tcpcomm.client import ClientStatus
 from tcpcomm.control.openapi import (
     CLIENT_SCHEMA,
+    DRAIN_SCHEMA,
     HEALTHZ_SCHEMA,
     SEND_ERRORS,
     STATUS_SCHEMA,
@@ -70,6 +71,7 @@ from tcpcomm.control.openapi import (
     simpleObject,
     textResponse,
 )
+from tcpcomm.drain import Drain
 from tcpcomm.fleet.settings import BackplaneUnavailable
 from tcpcomm.hub.hub import Hub
 from tcpcomm.hub.queues import QueueFull, Queues, QueueUnavailable
@@ -228,24 +230,31 @@ class AdminResource(Resource):
         maxBody: int,
         dashboard: bytes | None = None,
         reloads: ReloadStatus | None = None,
+        drain: Drain | None = None,
         backplane: Backplane | None = None,
     ) -> None:
         super().__init__()
 
         def healthz(request: Request, params: list[str]) -> tuple[int, Any]:
-            body: dict[str, Any] = {"status": "ok"}
+            health: dict[str, Any] = {"status": "ok"}
+            code = 200
+            if drain is not None and drain.draining:
+                # 503: HAProxy's http-check takes the node down, and sends it no one new.
+                health["status"] = "draining"
+                health["drain"] = drain.state()
+                code = 503
             if reloads is not None:
-                body["lastReload"] = {
+                health["lastReload"] = {
                     "time": isoTime(reloads.time),
                     "ok": reloads.ok,
                     "error": reloads.error,
                 }
             if backplane is not None:
-                # Still 200: the node serves its own clients without Redis.
-                body["backplane"] = backplane.state()
-                if not backplane.up:
-                    body["status"] = "degraded"
-            return 200, body
+                # Still 200 (unless draining): the node serves its own clients without Redis.
+                health["backplane"] = backplane.state()
+                if not backplane.up and code == 200:
+                    health["status"] = "degraded"
+            return code, health
 
         def openapi(request: Request, params: list[str]) -> tuple[int, Any]:
             body = json.dumps(self.openapi(), indent=1).encode()
@@ -257,7 +266,19 @@ class AdminResource(Resource):
                 Doc(
                     "healthz",
                     "Is the daemon up? Never needs a token.",
-                    {"200": jsonResponse("Up.", HEALTHZ_SCHEMA)},
+                    {
+                        "200": jsonResponse("Up.", HEALTHZ_SCHEMA),
+                        **(
+                            {}
+                            if drain is None
+                            else {
+                                "503": jsonResponse(
+                                    "Draining (POST /drain): up, but send it no one new.",
+                                    HEALTHZ_SCHEMA,
+                                )
+                            }
+                        ),
+                    },
                 ),
                 public=True,
             ),
@@ -645,11 +666,15 @@ def _unavailable(failure: Failure) -> None:
 
 
 def serverRoutes(
-    hub: Hub, outgoing: Outgoing, clock: IReactorTime, fleet: Backplane | None = None
+    hub: Hub,
+    outgoing: Outgoing,
+    clock: IReactorTime,
+    drain: Drain | None = None,
+    fleet: Backplane | None = None,
 ) -> dict[tuple[str, str], Route]:
     """
-    The server's routes; with C{fleet}, those about clients reach every
-    node's.
+    The server's routes; C{POST /drain} where there is a C{drain}; with
+    C{fleet}, those about clients reach every node's.
     """
 
     def session(sessionId: str) -> ISession:
@@ -875,6 +900,13 @@ def serverRoutes(
 
         return found.addCallback(located).addErrback(_unavailable)
 
+    def startDrain(request: Request, params: list[str]) -> tuple[int, Any]:
+        assert drain is not None
+        if not drain.start():
+            return 200, {"draining": True, "already": True, **drain.state()}
+        log.info("admin: draining", event="admin-drain")
+        return 202, {"draining": True, "already": False, **drain.state()}
+
     absent = error("No such client is connected.")
     clientsLinks = {
         name: {"operationId": name, "parameters": {"id": "$response.body#/0/id"}}
@@ -1025,6 +1057,25 @@ def serverRoutes(
                 requestBody=TEXT_BODY,
             ),
             body=True,
+        ),
+        **(
+            {}
+            if drain is None
+            else {
+                ("POST", "/drain"): Route(
+                    startDrain,
+                    Doc(
+                        "drain",
+                        "Stop accepting, report draining on /healthz, close the clients evenly "
+                        "over --drain-period, then stop as on SIGTERM.",
+                        {
+                            "202": jsonResponse("Draining from now on.", ref("Drain")),
+                            "200": jsonResponse("Already draining: nothing changed.", ref("Drain")),
+                        },
+                        schemas={"Drain": DRAIN_SCHEMA},
+                    ),
+                )
+            }
         ),
         ("GET", "/events"): Route(
             EventStream(hub, clock),
@@ -1346,21 +1397,31 @@ def makeAdminSite(
     dashboard: bytes | None = None,
     maxConnections: int = 64,
     reloads: ReloadStatus | None = None,
+    drain: Drain | None = None,
     backplane: Backplane | None = None,
 ) -> AdminSite:
     """
     The admin site of a server (C{status} is L{None}) or of a client;
     C{/healthz} tells the last reload's time and result from C{reloads},
-    and the state of a server's C{backplane}.
+    and whether the server's C{drain} is under way, and the state of a
+    server's C{backplane}.
     """
     if status is None:
-        routes = serverRoutes(hub, outgoing, clock, backplane)
+        routes = serverRoutes(hub, outgoing, clock, drain, backplane)
         role = "server"
     else:
         routes = clientRoutes(hub, status, outgoing)
         role = "client"
         dashboard = None
     resource = AdminResource(
-        routes, metrics, role, token, outgoing.maxMessageSize, dashboard, reloads, backplane
+        routes,
+        metrics,
+        role,
+        token,
+        outgoing.maxMessageSize,
+        dashboard,
+        reloads,
+        drain,
+        backplane,
     )
     return AdminSite(resource, maxConnections, clock)

@@ -18,6 +18,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from tcpcomm.client import ClientStatus
+from tcpcomm.drain import Drain
 from tcpcomm.hub.hub import Hub
 from tcpcomm.hub.queues import Queues
 
@@ -45,6 +46,27 @@ class ReloadCollector(Collector):
             "tcpcomm_config_last_reload_timestamp_seconds",
             "When the settings were last loaded (or a reload failed), in seconds since the epoch.",
             value=self._reloads.time,
+        )
+
+
+class DrainCollector(Collector):
+    """
+    Whether the server is draining, and how many clients the drain closed.
+    """
+
+    def __init__(self, drain: Drain) -> None:
+        self._drain = drain
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "tcpcomm_draining",
+            "1 while the server drains (POST /drain), else 0.",
+            value=1 if self._drain.draining else 0,
+        )
+        yield CounterMetricFamily(
+            "tcpcomm_drain_closed",
+            "Clients the drain has closed.",
+            value=self._drain.closed,
         )
 
 
@@ -87,7 +109,7 @@ class HubCollector(Collector):
             ),
             (
                 "tcpcomm_timeout_disconnects",
-                "Peers disconnected by --idle-timeout or --message-timeout.",
+                "Peers disconnected by --heartbeat-timeout, --idle-timeout or --message-timeout.",
                 stats.timeouts,
             ),
             (
@@ -217,11 +239,13 @@ def makeRegistry(
     hub: Hub,
     status: ClientStatus | None = None,
     reloads: ReloadStatus | None = None,
+    drain: Drain | None = None,
     backplane: Backplane | None = None,
 ) -> CollectorRegistry:
     """
     A registry of this process's metrics: the hub's, the last reload's, the
-    backplane's, and the process's own (memory, CPU, open files) and Python's.
+    server's drain, the backplane's, and the process's own (memory, CPU,
+    open files) and Python's.
     """
     registry = CollectorRegistry()
     registry.register(HubCollector(hub, status))
@@ -229,6 +253,8 @@ def makeRegistry(
         registry.register(BackplaneCollector(backplane))
     if reloads is not None:
         registry.register(ReloadCollector(reloads))
+    if drain is not None:
+        registry.register(DrainCollector(drain))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry

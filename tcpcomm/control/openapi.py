@@ -192,10 +192,28 @@ STATUS_SCHEMA: JSON = allRequired(
     }
 )
 
+#: A drain under way (C{POST /drain}, and C{/healthz} while draining).
+DRAIN_STATE: JSON = {
+    "periodSeconds": {"type": "number", "minimum": 0},
+    "clients": {"type": "integer", "minimum": 0, "description": "Open when the drain began."},
+    "closed": {"type": "integer", "minimum": 0, "description": "Closed by the drain so far."},
+    "remaining": {"type": "integer", "minimum": 0, "description": "Still connected."},
+    "secondsLeft": {"type": "number", "minimum": 0},
+}
+
+DRAIN_SCHEMA: JSON = allRequired(
+    {
+        "draining": {"type": "boolean", "enum": [True]},
+        "already": {"type": "boolean", "description": "A drain was under way before this call."},
+        **DRAIN_STATE,
+    }
+)
+
 HEALTHZ_SCHEMA: JSON = {
     "type": "object",
     "properties": {
-        "status": {"type": "string", "enum": ["ok", "degraded"]},
+        "status": {"type": "string", "enum": ["ok", "draining", "degraded"]},
+        "drain": {"description": "While draining: how far it is.", **allRequired(DRAIN_STATE)},
         "backplane": {
             "description": "With --backplane: its state; degraded says why.",
             "type": "object",

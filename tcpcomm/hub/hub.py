@@ -303,7 +303,17 @@ class Hub:
         self.notify(direction, session, message.decode(self.texts.encoding, "replace"))
 
     def notify(self, direction: str, session: ISession, text: str) -> None:
-        for watcher in list(self.watchers):
+        """
+        Tell the watchers about a message or an event. With C{--admin} this
+        runs for every message in and out, and there is one watcher (the
+        admin API's recent events): called straight, without a copy of the
+        list, which only a watcher that adds or removes one needs.
+        """
+        watchers = self.watchers
+        if len(watchers) == 1:
+            watchers[0](direction, session, text)
+            return
+        for watcher in list(watchers):
             watcher(direction, session, text)
 
     # IHub: what handlers and the admin API call.

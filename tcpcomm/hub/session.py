@@ -192,7 +192,7 @@ class Session:
         self.messagesOut += 1
         self.bytesOut += len(message)
         if self.hub.watchers:
-            self.hub.watch("out", self, message)
+            self.hub.notify("out", self, text)  # the text it has: no decoding back
 
     def sendBytes(self, message: bytes) -> None:
         """

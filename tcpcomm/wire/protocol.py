@@ -28,7 +28,7 @@ from tcpcomm.interfaces import IConversation, IPeer, ISide, IStats
 from tcpcomm.logs import RateLimiter
 from tcpcomm.wire.address import PeerIds, addressText
 from tcpcomm.wire.eager import canWriteEagerly, writeEagerly
-from tcpcomm.wire.liveness import Watchdog, tcpSocket, tuneSocket
+from tcpcomm.wire.liveness import LivenessTimers, Watchdog, tcpSocket, tuneSocket
 from tcpcomm.wire.tls import subjectName
 
 # The namespace its lines had before the package had layers: operators filter on it.
@@ -63,6 +63,7 @@ class Limits:
     idleTimeout: float = 0.0
     messageTimeout: float = 0.0
     heartbeat: float = 0.0
+    heartbeatTimeout: float = 0.0
     keepalive: float = 0.0
     handshakeTimeout: float = 10.0
 
@@ -210,6 +211,11 @@ class FramedProtocol(Protocol):
             self.transport.write(data)
         if self.writePaused:
             self.overdue(len(data))
+        watchdog = self.watchdog
+        if watchdog is not None and watchdog.heartbeat:
+            # The next heartbeat is due --heartbeat seconds after this; the
+            # watchdog's timer reads it when it wakes, and is not moved.
+            watchdog.lastSent = self.factory.clock.seconds()
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -247,11 +253,12 @@ class FramedProtocol(Protocol):
         factory = self.factory
         watchdog = self.watchdog = Watchdog(
             self,
-            factory.clock,
+            factory.timers,
             factory.stats,
             limits.idleTimeout,
             limits.messageTimeout,
             limits.heartbeat,
+            limits.heartbeatTimeout,
         )
         return watchdog
 
@@ -554,6 +561,8 @@ class MessageFactory(Factory[FramedProtocol]):
         self.side = side
         self.clock: IReactorTime = side.clock
         self.stats: IStats = side.stats
+        #: The heartbeats and deadlines of every connection, on one timer.
+        self.timers = LivenessTimers(self.clock)
         self.ids = PeerIds()
         #: Warnings a storm of connections can repeat at will, at most one
         #: line per 10 s: refused connections, and connections whose
