@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 import tomllib
@@ -86,6 +87,7 @@ class FleetScriptTests(SynchronousTestCase):
     def setUp(self) -> None:
         needFleet()
         self.folder = scratch(self)
+        self.addCleanup(self.killLeft)
         self.front, self.stats, self.redis = freePort(), freePort(), freePort()
         self.nodes = [freePort() for _ in NAMES]
         self.admins = [freePort() for _ in NAMES]
@@ -135,16 +137,20 @@ class FleetScriptTests(SynchronousTestCase):
             path = os.path.join(self.folder, "fleet", f"{name}.pid")
             if os.path.exists(path):
                 with open(path, encoding="ascii") as f:
-                    found[name] = int(f.read())
+                    text = f.read().strip()
+                if text:  # empty only while the script writes it
+                    found[name] = int(text)
         return found
 
-    def killLeft(self, pids: dict[str, int]) -> None:
+    def killLeft(self) -> None:
         """
-        Whatever the outcome, no process of the fleet outlives the test.
+        Whatever the outcome (a start that timed out included), no process
+        of the fleet outlives the test: each pid file the script still has is
+        a process it did not stop.
         """
-        for pid in pids.values():
+        for pid in self.pids().values():
             if alive(pid):
-                os.kill(pid, 9)
+                os.kill(pid, signal.SIGKILL)
 
     def clients(self, admin: int, local: bool = False) -> dict[str, str]:
         """
@@ -167,7 +173,6 @@ class FleetScriptTests(SynchronousTestCase):
         start, clientLine, listLine, sendLine, stop = self.ports(guideRecipe("fleet")).splitlines()
         started = self.sh(start, timeout=10 * WAIT)
         pids = self.pids()
-        self.addCleanup(self.killLeft, pids)
         self.assertEqual(started.returncode, 0, started.stdout + started.stderr)
         self.assertEqual(set(pids), {"redis", *NAMES, "haproxy"})
         self.assertIn(f"fleet up in {os.path.join(self.folder, 'fleet')}", started.stdout)
@@ -230,10 +235,9 @@ class FleetScriptTests(SynchronousTestCase):
 
     def test_refusesRunningFleet(self) -> None:
         """A second start in a folder whose fleet runs says so and fails, leaving that fleet running."""
+        self.addCleanup(self.sh, f"{SCRIPT} stop fleet", 5 * WAIT)
         started = self.sh(f"{SCRIPT} start fleet", timeout=10 * WAIT)
         pids = self.pids()
-        self.addCleanup(self.killLeft, pids)
-        self.addCleanup(self.sh, f"{SCRIPT} stop fleet", 5 * WAIT)
         self.assertEqual(started.returncode, 0, started.stdout + started.stderr)
         again = self.sh(f"{SCRIPT} start fleet", timeout=10 * WAIT)
         self.assertEqual(again.returncode, 1)
@@ -275,9 +279,9 @@ class WaitTests(SynchronousTestCase):
                 stdin=subprocess.DEVNULL,
             )
 
+        self.addCleanup(run, "stop")
         begun = time.monotonic()
         started = run("start")
-        self.addCleanup(run, "stop")
         self.assertEqual(started.returncode, 1, started.stdout + started.stderr)
         self.assertRegex(
             started.stderr, r"node[12]: GET /healthz answering 200 on port \d+ did not"
@@ -286,6 +290,46 @@ class WaitTests(SynchronousTestCase):
         stopped = run("stop")
         self.assertEqual(stopped.returncode, 0, stopped.stderr)
         self.assertEqual(run("status").returncode, 1)
+
+
+class ArgumentTests(SynchronousTestCase):
+    """
+    The script refuses what it cannot use before it starts anything.
+    """
+
+    def refused(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        folder = scratch(self)
+        done = subprocess.run(
+            [SCRIPT, *args],
+            cwd=folder,
+            env={**environment(), **env},
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            stdin=subprocess.DEVNULL,
+        )
+        self.assertEqual(done.returncode, 2, done.stdout + done.stderr)
+        self.assertEqual(done.stdout, "")
+        self.assertEqual(sorted(os.listdir(folder)), ["fleet"] if len(args) > 1 else [])
+        self.assertEqual(os.listdir(os.path.join(folder, "fleet")) if len(args) > 1 else [], [])
+        return done
+
+    def test_usage(self) -> None:
+        """Without a command and a folder, or with an unknown command, it prints its usage."""
+        self.assertIn("usage: ", self.refused("start").stderr)
+        self.assertIn("usage: ", self.refused("restart", "fleet").stderr)
+
+    def test_badNumbers(self) -> None:
+        """A port or WAIT that is not a whole number is named, as is a wrong count of node ports."""
+        self.assertIn(
+            "not a whole number (a port, or WAIT in seconds): '4.5'",
+            self.refused("start", "fleet", WAIT="4.5").stderr,
+        )
+        self.assertIn("'95x1'", self.refused("start", "fleet", FRONT_PORT="95x1").stderr)
+        self.assertIn(
+            "name three ports each, not '9531 9532'",
+            self.refused("start", "fleet", NODE_PORTS="9531 9532").stderr,
+        )
 
 
 class NodeSettingsTests(SynchronousTestCase):
