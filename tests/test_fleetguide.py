@@ -78,6 +78,33 @@ def alive(pid: int) -> bool:
         return False
 
 
+def pidFiles(folder: str) -> dict[str, int]:
+    """
+    The pid of each process the script started in C{folder/fleet}, from its
+    pid files.
+    """
+    found = {}
+    for name in ("redis", *NAMES, "haproxy"):
+        path = os.path.join(folder, "fleet", f"{name}.pid")
+        if os.path.exists(path):
+            with open(path, encoding="ascii") as f:
+                text = f.read().strip()
+            if text:  # empty only while the script writes it
+                found[name] = int(text)
+    return found
+
+
+def killLeft(folder: str) -> None:
+    """
+    Whatever the outcome (a start that timed out, a stop that failed), no
+    process of the fleet outlives the test: each pid file the script still
+    has is a process it did not stop.
+    """
+    for pid in pidFiles(folder).values():
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 class FleetScriptTests(SynchronousTestCase):
     """
     The guide's fleet script starts a fleet a client can use through HAProxy,
@@ -87,7 +114,7 @@ class FleetScriptTests(SynchronousTestCase):
     def setUp(self) -> None:
         needFleet()
         self.folder = scratch(self)
-        self.addCleanup(self.killLeft)
+        self.addCleanup(killLeft, self.folder)
         self.front, self.stats, self.redis = freePort(), freePort(), freePort()
         self.nodes = [freePort() for _ in NAMES]
         self.admins = [freePort() for _ in NAMES]
@@ -129,28 +156,7 @@ class FleetScriptTests(SynchronousTestCase):
         )
 
     def pids(self) -> dict[str, int]:
-        """
-        The pid of each process the script started, from its pid files.
-        """
-        found = {}
-        for name in ("redis", *NAMES, "haproxy"):
-            path = os.path.join(self.folder, "fleet", f"{name}.pid")
-            if os.path.exists(path):
-                with open(path, encoding="ascii") as f:
-                    text = f.read().strip()
-                if text:  # empty only while the script writes it
-                    found[name] = int(text)
-        return found
-
-    def killLeft(self) -> None:
-        """
-        Whatever the outcome (a start that timed out included), no process
-        of the fleet outlives the test: each pid file the script still has is
-        a process it did not stop.
-        """
-        for pid in self.pids().values():
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        return pidFiles(self.folder)
 
     def clients(self, admin: int, local: bool = False) -> dict[str, str]:
         """
@@ -287,6 +293,7 @@ class WaitTests(SynchronousTestCase):
                 stdin=subprocess.DEVNULL,
             )
 
+        self.addCleanup(killLeft, folder)
         self.addCleanup(run, "stop")
         begun = time.monotonic()
         started = run("start")

@@ -168,14 +168,14 @@ EOF
 }
 
 # SIGTERM to each of NAMES by its pid file, then wait for them all; SIGKILL
-# any still there after WAIT seconds.
+# any still there after WAIT seconds. A pid file goes once its process has.
 terminate() {
     local name pid deadline
-    local -a pids=()
+    local -a pids=() files=()
     for name in "$@"; do
         [ -s "$folder/$name.pid" ] || continue
         pid=$(cat "$folder/$name.pid")
-        rm -f "$folder/$name.pid"
+        files+=("$folder/$name.pid")
         if kill -TERM "$pid" 2> /dev/null; then
             pids+=("$pid")
             echo "stopping $name (pid $pid)"
@@ -191,6 +191,7 @@ terminate() {
             kill -KILL "$pid" 2> /dev/null || true
         fi
     done
+    rm -f "${files[@]}"
 }
 
 # HAProxy and the nodes together (each node takes its clients out of Redis
