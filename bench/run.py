@@ -1440,6 +1440,8 @@ def runFleetBroadcast(kind: ServerKind, ctx: Context) -> dict[str, Any]:
     delivered = len(result["times"]) * s.big
     out = measured(result, a, cpu, sum(result["times"]) or 1.0, delivered)
     out["errors"] += b.problems
+    if b.firstProblem and "server_log" not in out:
+        out["server_log"] = b.firstProblem
     # Both nodes' CPU, over opening and warming up too: not per message.
     out["cpu_us_per_msg"] = None
     del out["server_cpu"]

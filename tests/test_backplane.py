@@ -211,6 +211,24 @@ class BackplaneTests(SynchronousTestCase):
         self.assertEqual(backplane.state()["state"], "degraded")
         self.assertIn("did not answer within 1 s", backplane.state()["reason"])
 
+    def test_callWaitingBehindOthers(self) -> None:
+        """A call that times out while Redis answered others within the second (a burst of
+        registrations ahead of it) fails, but the backplane stays up."""
+        backplane, clock, publisher, _ = makeBackplane()
+        behind = backplane.call("PING")
+        clock.advance(0.5)
+        ahead = backplane.call("PING")
+        publisher.answers[-1].callback(b"PONG")
+        self.successResultOf(ahead)
+        clock.advance(0.6)
+        self.failureResultOf(behind, BackplaneUnavailable)
+        self.assertEqual(backplane.state()["state"], "up")
+        clock.advance(2)
+        silent = backplane.call("PING")
+        clock.advance(1.1)
+        self.failureResultOf(silent, BackplaneUnavailable)
+        self.assertEqual(backplane.state()["state"], "degraded")
+
     def test_redisRefuses(self) -> None:
         """An error Redis answers (an ACL that forbids the command) is a backplane that could not say, not an internal error."""
         import txredisapi  # type: ignore[import-untyped]

@@ -342,6 +342,9 @@ class Backplane:
         #: identify one client fleet-wide; addresses are only a node's own.
         self.named = named
         self.callTimeout = callTimeout
+        # When Redis last answered a call: a call that times out while
+        # others are answered only waited in line.
+        self._lastAnswer = float("-inf")
         self.ownChannel = f"{prefix}to:{node}".encode()
         self.fleetChannel = f"{prefix}fleet".encode()
         self.up = False
@@ -566,19 +569,26 @@ class Backplane:
         except Exception as e:
             return fail(BackplaneUnavailable(f"Redis: {e}"))
 
+        def answered(result: object) -> object:
+            self._lastAnswer = self.clock.seconds()
+            return result
+
         def failed(failure: Failure) -> Failure:
             if failure.check(defer.TimeoutError):
-                self.trouble(f"Redis did not answer within {self.callTimeout:g} s")
-                return Failure(
-                    BackplaneUnavailable(f"Redis did not answer within {self.callTimeout:g} s")
-                )
+                reason = f"Redis did not answer within {self.callTimeout:g} s"
+                if self.clock.seconds() - self._lastAnswer > self.callTimeout:
+                    self.trouble(reason)
+                # Else Redis answered other calls meanwhile: this one waited
+                # behind them (a burst of connections registering), which
+                # fails it, but is no trouble with Redis.
+                return Failure(BackplaneUnavailable(reason))
             if failure.check(txredisapi.RedisError):
                 # Lost connections, and errors Redis answers (an ACL that
                 # forbids EVAL, a read-only replica, out of memory).
                 return Failure(BackplaneUnavailable(f"Redis: {failure.getErrorMessage()}"))
             return failure
 
-        return d.addTimeout(self.callTimeout, self.clock).addErrback(failed)
+        return d.addTimeout(self.callTimeout, self.clock).addCallbacks(answered, failed)
 
     def script(self, source: str, *args: Any) -> Deferred[Any]:
         return self.call("EVAL", source, 0, self.prefix, *args)
