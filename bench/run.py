@@ -4,7 +4,7 @@ same run with two baselines that do the same work (a bare Twisted
 LineOnlyReceiver and an asyncio Protocol, both answering each line at once
 with the same line, or relaying it to every other connection).
 
-    python bench/run.py                     # the full run, about 18 minutes
+    python bench/run.py                     # the full run, about 22 minutes
     python bench/run.py --quick             # a short run, about 3 minutes
     python bench/run.py --quick --only flood,accept
     python bench/run.py --profile --only pipe32
