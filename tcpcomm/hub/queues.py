@@ -197,7 +197,7 @@ class Queues:
         self._loading = self._ready = self._unavailable = False
         self._waiters: list[Deferred[None]] = []
         #: The hand-over under way for each id, which the next waits for.
-        self._handing: dict[str, Deferred[None]] = {}
+        self._handing: dict[str, Deferred[Any]] = {}
 
     def start(self) -> Deferred[None]:
         """
@@ -394,12 +394,24 @@ class Queues:
         busy = self._handing.get(clientId)
         if self._ready and busy is None and clientId not in self._waiting:
             return
-        held = _Held(session.peer)
-        session.peer = held
         # After the load, and after a hand-over to an earlier connection with
         # this id (replaced by this one), which may give its messages back.
         before = self._whenLoaded() if busy is None else _after(busy)
-        done = before.addCallback(lambda _: self._handOver(session, held, stillConnected))
+        self._handOverAfter(before, session, stillConnected, self._handOver)
+
+    def _handOverAfter(
+        self,
+        before: Deferred[Any],
+        session: Recipient,
+        stillConnected: Callable[[], bool],
+        handOver: Callable[[Recipient, _Held, Callable[[], bool]], object],
+    ) -> None:
+        # Hold what else is sent to session, run handOver once before has
+        # fired, and keep it as this id's hand-over under way meanwhile.
+        clientId = session.id
+        held = _Held(session.peer)
+        session.peer = held
+        done = before.addCallback(lambda _: handOver(session, held, stillConnected))
         self._handing[clientId] = done
 
         def finished(result: object) -> object:
@@ -605,27 +617,9 @@ class SharedQueues(Queues):
         return self.shared.summary().addCallback(listed)
 
     def deliver(self, session: Recipient, stillConnected: Callable[[], bool]) -> None:
-        clientId = session.id
-        busy = self._handing.get(clientId)
-        held = _Held(session.peer)
-        session.peer = held
+        busy = self._handing.get(session.id)
         before: Deferred[None] = succeed(None) if busy is None else _after(busy)
-        done = before.addCallback(lambda _: self._takeShared(session, held, stillConnected))
-        self._handing[clientId] = done
-
-        def finished(result: object) -> object:
-            if self._handing.get(clientId) is done:
-                del self._handing[clientId]
-            return result
-
-        done.addBoth(finished).addErrback(
-            lambda failure: log.failure(
-                "handing over the queue of {peer} failed",
-                failure,
-                event="queue-handover-error",
-                peer=clientId,
-            )
-        )
+        self._handOverAfter(before, session, stillConnected, self._takeShared)
 
     def _takeShared(
         self, session: Recipient, held: _Held, stillConnected: Callable[[], bool]
