@@ -228,6 +228,42 @@ def connections(log: str) -> list[tuple[str, float]]:
     return events
 
 
+def reconnectGaps(events: list[tuple[str, float]]) -> list[float]:
+    """
+    The seconds between each C{lost} and the C{connected} after it, in
+    L{connections}' events.
+    """
+    return [
+        back - gone
+        for (kind, gone), (nextKind, back) in zip(events, events[1:], strict=False)
+        if kind == "lost" and nextKind == "connected"
+    ]
+
+
+def jsonLoggingClient(case: SynchronousTestCase, port: int, retryMax: float = 1.0) -> Twistd:
+    """
+    A tcpcomm client of C{port} (a HAProxy front) logging JSON to standard
+    output, for L{connections}, and retrying within C{retryMax} seconds.
+    """
+    return Twistd(
+        case,
+        "--logfile",
+        "-",
+        "tcpcomm",
+        "client",
+        "--port",
+        str(port),
+        "--log-format",
+        "json",
+        "--reply-delay",
+        "1",
+        "--retry-initial",
+        "0.5",
+        "--retry-max",
+        f"{retryMax:g}",
+    )
+
+
 class RollingRestartTests(SynchronousTestCase):
     """
     Three nodes behind HAProxy running the sample config, restarted one
@@ -249,26 +285,7 @@ class RollingRestartTests(SynchronousTestCase):
         front = HAProxy(self, ports)
         states = {f"node{i + 1}": "UP" for i in range(3)}
         front.waitForStates(states)
-        clients = [
-            Twistd(
-                self,
-                "--logfile",
-                "-",
-                "tcpcomm",
-                "client",
-                "--port",
-                str(ports.front),
-                "--log-format",
-                "json",
-                "--reply-delay",
-                "1",
-                "--retry-initial",
-                "0.5",
-                "--retry-max",
-                f"{self.retry:g}",
-            )
-            for _ in range(self.clients)
-        ]
+        clients = [jsonLoggingClient(self, ports.front, self.retry) for _ in range(self.clients)]
 
         def connectedCount() -> int:
             return sum(len(getJSON(admin, "/clients")) for _, admin in ports.node)
@@ -286,11 +303,7 @@ class RollingRestartTests(SynchronousTestCase):
         for client in clients:
             events = connections(client.output())
             self.assertEqual(events[0][0], "connected", events)
-            gaps = [
-                back - gone
-                for (kind, gone), (nextKind, back) in zip(events, events[1:], strict=False)
-                if kind == "lost" and nextKind == "connected"
-            ]
+            gaps = reconnectGaps(events)
             self.assertTrue(gaps, f"a client was never moved: {events}")
             self.assertLess(max(gaps), self.retry + 1.0, events)
             self.assertEqual(events[-1][0], "connected", events)

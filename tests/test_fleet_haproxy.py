@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from .haproxy import HAProxy, Ports
 from .processes import WAIT, RedisServer, Twistd, assertCleanLog
-from .test_drain_endtoend import connections
+from .test_drain_endtoend import connections, jsonLoggingClient, reconnectGaps
 from .test_faults import getJSON, waitUntil
 from .test_haproxy import node
 
@@ -95,26 +95,7 @@ class FleetBehindHAProxyTests(SynchronousTestCase):
         """After a SIGKILL of a node, its tcpcomm clients come back through HAProxy to the other
         two within their retry window, and the fleet view on both holds no ghost of the dead node
         once its TTL has passed."""
-        clients = [
-            Twistd(
-                self,
-                "--logfile",
-                "-",
-                "tcpcomm",
-                "client",
-                "--port",
-                str(self.ports.front),
-                "--log-format",
-                "json",
-                "--reply-delay",
-                "1",
-                "--retry-initial",
-                "0.5",
-                "--retry-max",
-                "1",
-            )
-            for _ in range(6)
-        ]
+        clients = [jsonLoggingClient(self, self.ports.front) for _ in range(6)]
         survivors = [admin for _, admin in self.ports.node[1:]]
         waitUntil("all six in the fleet view", lambda: len(fleetView(survivors[0])) == 6, 4 * WAIT)
         killed = {c["peer"] for c in fleetView(survivors[0]) if c["node"] == "node1"}
@@ -136,11 +117,7 @@ class FleetBehindHAProxyTests(SynchronousTestCase):
         moved = 0
         for client in clients:
             events = connections(client.output())
-            gaps = [
-                back - gone
-                for (kind, gone), (nextKind, back) in zip(events, events[1:], strict=False)
-                if kind == "lost" and nextKind == "connected"
-            ]
+            gaps = reconnectGaps(events)
             moved += bool(gaps)
             # The retry delay (1 s at most), HAProxy's redispatch past the dead node while its
             # checks have not yet failed, and slack for a loaded machine.
