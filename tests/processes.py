@@ -7,6 +7,7 @@ bounded, every process stopped by its pid whatever the outcome.
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -29,10 +30,37 @@ WAIT = 15.0  # the longest any single wait may take, in seconds
 STOPPED = (0, -signal.SIGTERM)
 
 
+def _ephemeralLow() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+#: Ports below the kernel's ephemeral range: no outgoing connection and no
+#: bind to port 0 is ever given one, so a port chosen here stays free until
+#: the server it was chosen for binds it, however many connections the
+#: other test process makes meanwhile (a port the kernel handed out, then
+#: freed, did not: seen as "Address already in use" under -j2). Each
+#: process draws its own sequence.
+_LOW_PORTS = range(10000, _ephemeralLow())
+_draw = random.Random(f"{os.getpid()}-{time.monotonic_ns()}")
+
+
 def freePort() -> int:
     """
-    A loopback TCP port nobody listens on right now.
+    A loopback TCP port nobody listens on right now, and that the kernel
+    gives to no one else meanwhile.
     """
+    for _ in range(100 if len(_LOW_PORTS) > 1000 else 0):
+        port = _draw.choice(_LOW_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
